@@ -1,0 +1,664 @@
+"""Tensor and reverse-mode automatic differentiation.
+
+A ``Tensor`` wraps one backend array (``.data``). Every operation on tensors that need
+gradients records, in the result, the tensors it was computed from (``_parents``) and a
+``_backward`` function that turns the gradient of the result into gradients of those parents.
+``loss.backward()`` then walks that graph once, from the loss back to the leaves.
+
+Each op below is written micrograd-style: the forward computes ``out``, and right beside it a
+small ``backward(g)`` returns one gradient per parent, where ``g`` is dLoss/dout. The engine in
+``Tensor.backward`` does the bookkeeping that every op would otherwise repeat:
+
+* it visits nodes in reverse topological order, found with an explicit stack (no recursion,
+  so a 48-layer GPT does not hit Python's recursion limit);
+* it sums gradients for a tensor used more than once;
+* it reduces a gradient over the dimensions that broadcasting stretched (``_unbroadcast``);
+* it keeps gradients of intermediate tensors only while they are needed and stores
+  ``.grad`` on leaves (tensors made by the user with ``requires_grad=True``), accumulating
+  across calls as PyTorch does: call ``zero_grad()`` (or set ``.grad = None``) between steps;
+* it frees the graph after use (unless ``retain_graph=True``), so a second ``backward()``
+  through the same graph is a clear error instead of a silent double count.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import numbers
+
+import numpy
+
+from tinygpt import backend
+
+_grad_enabled = True
+
+
+@contextlib.contextmanager
+def no_grad():
+    """Inside this block no graph is recorded: for evaluation and weight updates."""
+    global _grad_enabled
+    previous, _grad_enabled = _grad_enabled, False
+    try:
+        yield
+    finally:
+        _grad_enabled = previous
+
+
+def is_grad_enabled() -> bool:
+    return _grad_enabled
+
+
+def manual_seed(seed: int) -> None:
+    """Seed every random draw (initialisation, dropout, sampling) for reproducible runs."""
+    backend.manual_seed(seed)
+
+
+def _is_float(dtype) -> bool:
+    return numpy.issubdtype(dtype, numpy.floating)
+
+
+def _as_array(data, dtype=None):
+    """Turn ``data`` into an array of the active backend (floats default to float32)."""
+    xp = backend.xp()
+    if isinstance(data, Tensor):
+        data = data.data
+    if backend.is_array(data):
+        array = backend.move(data, backend.active().name)  # a no-op when already there
+    else:
+        array = xp.asarray(data)
+    if dtype is not None:
+        return array.astype(dtype, copy=False)
+    if _is_float(array.dtype) and array.dtype != backend.default_dtype():
+        if not isinstance(data, backend.active().array_type):
+            array = array.astype(backend.default_dtype())  # Python floats and lists
+    elif array.dtype == numpy.bool_ or numpy.issubdtype(array.dtype, numpy.integer):
+        pass
+    elif not _is_float(array.dtype):
+        raise TypeError(f"cannot make a tensor from data of dtype {array.dtype}")
+    return array
+
+
+def _unbroadcast(grad, shape):
+    """Sum ``grad`` over the axes broadcasting added or stretched, so it has ``shape``.
+
+    If x of shape (3, 1) was added to y of shape (2, 3, 4), the result is (2, 3, 4); each
+    element of x was used 2*4 times, so its gradient is the sum over those uses.
+    """
+    if grad.shape == shape:
+        return grad
+    extra = grad.ndim - len(shape)
+    grad = grad.sum(axis=tuple(range(extra))) if extra else grad
+    stretched = tuple(i for i, n in enumerate(shape) if n == 1 and grad.shape[i] != 1)
+    return grad.sum(axis=stretched, keepdims=True) if stretched else grad
+
+
+def _is_basic_index(index) -> bool:
+    """True for ints, slices, None and Ellipsis only: no element can be picked twice."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return all(isinstance(i, (int, slice)) or i is None or i is Ellipsis for i in parts)
+
+
+def _broadcast_shape(a, b, op):
+    try:
+        return numpy.broadcast_shapes(a.shape, b.shape)
+    except ValueError:
+        raise ValueError(
+            f"{op}: shapes {a.shape} and {b.shape} cannot be broadcast together"
+        ) from None
+
+
+class Tensor:
+    """An array with an optional gradient and the graph edges that produced it."""
+
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "__weakref__")
+    __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
+
+    def __init__(self, data, requires_grad=False, dtype=None, _parents=(), _op=""):
+        self.data = _as_array(data, dtype)
+        if requires_grad and not _is_float(self.data.dtype):
+            raise TypeError(
+                f"only floating-point tensors can require gradients, got dtype {self.data.dtype}"
+            )
+        self.requires_grad = bool(requires_grad)
+        self.grad = None
+        self._parents = _parents
+        self._backward = None
+        self._op = _op
+
+    # ------------------------------------------------------------------ basic properties
+
+    @property
+    def shape(self):
+        return self.data.shape
+
+    @property
+    def dtype(self):
+        return self.data.dtype
+
+    @property
+    def ndim(self):
+        return self.data.ndim
+
+    @property
+    def size(self):
+        return self.data.size
+
+    @property
+    def device(self) -> str:
+        """Name of the backend the data lives on: 'numpy' or 'cupy'."""
+        return backend.backend_of(self.data).name
+
+    def __len__(self):
+        return len(self.data)
+
+    def __repr__(self):
+        grad = ", requires_grad=True" if self.requires_grad else ""
+        return f"Tensor({self.numpy()!r}{grad})"
+
+    def numpy(self):
+        """The data as a NumPy array (copied off the GPU when on CuPy)."""
+        return backend.move(self.data, "numpy") if self.device != "numpy" else self.data
+
+    def item(self):
+        if self.data.size != 1:
+            raise ValueError(f"item() needs a tensor with one element, got shape {self.shape}")
+        return self.data.reshape(()).item()
+
+    def tolist(self):
+        return self.numpy().tolist()
+
+    def detach(self) -> Tensor:
+        """The same data, cut from the graph."""
+        return Tensor(self.data)
+
+    def to(self, name: str) -> Tensor:
+        """A copy on backend ``name`` ('numpy' or 'cupy'); a leaf, like PyTorch's .to()."""
+        out = Tensor.__new__(Tensor)
+        out.data = backend.move(self.data, name)
+        out.requires_grad, out.grad, out._parents, out._backward, out._op = (
+            self.requires_grad, None, (), None, "")
+        return out
+
+    def astype(self, dtype) -> Tensor:
+        out = self._make(self.data.astype(dtype), (self,), "astype")
+        out._set_backward(lambda g: (g.astype(self.dtype),))
+        return out
+
+    def float(self) -> Tensor:
+        return self.astype(backend.default_dtype())
+
+    # ------------------------------------------------------------------ graph building
+
+    @staticmethod
+    def _make(data, parents, op) -> Tensor:
+        """The result of an op: it joins the graph if grad is on and a parent needs grad."""
+        if not isinstance(data, backend.active().array_type):
+            data = backend.xp().asarray(data)  # NumPy reductions return scalars, not arrays
+        out = Tensor.__new__(Tensor)
+        out.data, out.grad, out._backward, out._op = data, None, None, op
+        track = _grad_enabled and any(p.requires_grad for p in parents)
+        out.requires_grad = track
+        out._parents = parents if track else ()
+        return out
+
+    def _set_backward(self, fn) -> None:
+        """Attach ``fn(g) -> grads per parent``; skipped when no graph is recorded."""
+        if self.requires_grad and self._parents:
+            self._backward = fn
+
+    # ------------------------------------------------------------------ backward
+
+    def backward(self, gradient=None, retain_graph: bool = False) -> None:
+        """Backpropagate from this tensor; leaves get ``.grad`` (accumulated)."""
+        if not self.requires_grad:
+            raise RuntimeError(
+                "backward() on a tensor that does not require grad: no input had "
+                "requires_grad=True, or it was computed under no_grad()"
+            )
+        if gradient is None:
+            if self.data.size != 1:
+                raise RuntimeError(
+                    f"backward() without a gradient needs a scalar, got shape {self.shape}; "
+                    "pass gradient= with that shape, or reduce first (e.g. .sum())"
+                )
+            gradient = backend.xp().ones_like(self.data)
+        else:
+            gradient = _as_array(gradient, self.dtype)
+            if gradient.shape != self.shape:
+                raise ValueError(
+                    f"backward(): gradient shape {gradient.shape} != tensor shape {self.shape}"
+                )
+
+        grads = {id(self): gradient}
+        for node in self._topological_order():
+            g = grads.pop(id(node))
+            if not node._parents:  # a leaf: keep the gradient, summed over backward calls
+                node.grad = g if node.grad is None else node.grad + g
+                continue
+            if node._backward is None:
+                raise RuntimeError(
+                    "backward() through a graph that was already freed; call the first "
+                    "backward(retain_graph=True) to backpropagate twice"
+                )
+            for parent, pg in zip(node._parents, node._backward(g)):
+                if pg is None or not parent.requires_grad:
+                    continue
+                pg = _unbroadcast(pg, parent.shape)
+                key = id(parent)
+                grads[key] = pg if key not in grads else grads[key] + pg
+            if not retain_graph:
+                node._backward = None
+
+    def _topological_order(self):
+        """Nodes that need grad, each after every node that uses it (iterative DFS)."""
+        order, visited = [], set()
+        stack = [(self, False)]
+        while stack:
+            node, children_done = stack.pop()
+            if children_done:
+                order.append(node)
+                continue
+            if id(node) in visited:
+                continue
+            visited.add(id(node))
+            stack.append((node, True))
+            for parent in node._parents:
+                if parent.requires_grad and id(parent) not in visited:
+                    stack.append((parent, False))
+        return reversed(order)
+
+    def zero_grad(self) -> None:
+        self.grad = None
+
+    # ------------------------------------------------------------------ element-wise ops
+
+    def _other(self, other) -> Tensor:
+        """Wrap a Python number or array as a constant of this tensor's dtype."""
+        if isinstance(other, Tensor):
+            if type(other.data) is not type(self.data):  # noqa: E721 - exact class check
+                raise TypeError(
+                    f"tensors on different backends ({self.device!r} and {other.device!r}) "
+                    "cannot meet in one op; move one with .to()"
+                )
+            return other
+        if isinstance(other, numbers.Number):
+            dtype = self.dtype if _is_float(self.dtype) else None
+            return Tensor(backend.xp().asarray(other, dtype=dtype))
+        return Tensor(other)
+
+    def _binary(self, other, forward, backward_fn, op):
+        other = self._other(other)
+        _broadcast_shape(self, other, op)
+        out = Tensor._make(forward(self.data, other.data), (self, other), op)
+        out._set_backward(lambda g: backward_fn(g, self.data, other.data, out.data))
+        return out
+
+    def __add__(self, other):
+        return self._binary(other, lambda a, b: a + b, lambda g, a, b, o: (g, g), "add")
+
+    def __sub__(self, other):
+        return self._binary(other, lambda a, b: a - b, lambda g, a, b, o: (g, -g), "sub")
+
+    def __mul__(self, other):
+        return self._binary(other, lambda a, b: a * b, lambda g, a, b, o: (g * b, g * a), "mul")
+
+    def __truediv__(self, other):
+        # d(a/b)/da = 1/b,  d(a/b)/db = -a/b^2 = -out/b
+        return self._binary(
+            other, lambda a, b: a / b, lambda g, a, b, o: (g / b, -g * o / b), "div"
+        )
+
+    def __pow__(self, exponent):
+        if isinstance(exponent, Tensor):
+            # d(a^b)/da = b a^(b-1),  d(a^b)/db = a^b log(a)
+            xp = backend.xp()
+            return self._binary(
+                exponent,
+                lambda a, b: a**b,
+                lambda g, a, b, o: (g * b * a ** (b - 1), g * o * xp.log(a)),
+                "pow",
+            )
+        if not isinstance(exponent, numbers.Number):
+            raise TypeError(f"exponent must be a number or Tensor, got {type(exponent).__name__}")
+        out = Tensor._make(self.data**exponent, (self,), "pow")
+        out._set_backward(lambda g: (g * exponent * self.data ** (exponent - 1),))
+        return out
+
+    def __radd__(self, other):
+        return self._other(other) + self
+
+    def __rsub__(self, other):
+        return self._other(other) - self
+
+    def __rmul__(self, other):
+        return self._other(other) * self
+
+    def __rtruediv__(self, other):
+        return self._other(other) / self
+
+    def __rpow__(self, other):
+        return self._other(other) ** self
+
+    def __neg__(self):
+        out = Tensor._make(-self.data, (self,), "neg")
+        out._set_backward(lambda g: (-g,))
+        return out
+
+    def exp(self):
+        out = Tensor._make(backend.xp().exp(self.data), (self,), "exp")
+        out._set_backward(lambda g: (g * out.data,))  # d e^x = e^x
+        return out
+
+    def log(self):
+        out = Tensor._make(backend.xp().log(self.data), (self,), "log")
+        out._set_backward(lambda g: (g / self.data,))
+        return out
+
+    def sqrt(self):
+        out = Tensor._make(backend.xp().sqrt(self.data), (self,), "sqrt")
+        out._set_backward(lambda g: (g * 0.5 / out.data,))  # d sqrt(x) = 1 / (2 sqrt(x))
+        return out
+
+    def tanh(self):
+        out = Tensor._make(backend.xp().tanh(self.data), (self,), "tanh")
+        out._set_backward(lambda g: (g * (1 - out.data * out.data),))  # 1 - tanh^2
+        return out
+
+    def relu(self):
+        out = Tensor._make(backend.xp().maximum(self.data, 0), (self,), "relu")
+        out._set_backward(lambda g: (g * (self.data > 0),))
+        return out
+
+    def abs(self):
+        out = Tensor._make(backend.xp().abs(self.data), (self,), "abs")
+        out._set_backward(lambda g: (g * backend.xp().sign(self.data),))
+        return out
+
+    # comparisons give constant boolean tensors (no gradient flows through them)
+    def __lt__(self, other):
+        return Tensor(self.data < self._other(other).data)
+
+    def __le__(self, other):
+        return Tensor(self.data <= self._other(other).data)
+
+    def __gt__(self, other):
+        return Tensor(self.data > self._other(other).data)
+
+    def __ge__(self, other):
+        return Tensor(self.data >= self._other(other).data)
+
+    # ------------------------------------------------------------------ matmul
+
+    def __matmul__(self, other):
+        """Matrix product with NumPy's rules: batched, broadcast over leading dimensions.
+
+        For out = a @ b (shapes (..., n, k) @ (..., k, m)), dL/da = g @ b^T and
+        dL/db = a^T @ g; the engine then sums over broadcast batch dimensions.
+        """
+        other = self._other(other)
+        a, b = self.data, other.data
+        if a.ndim == 0 or b.ndim == 0:
+            raise ValueError(f"matmul needs tensors with at least 1 dimension, got "
+                             f"shapes {a.shape} and {b.shape}")
+        if a.shape[-1] != b.shape[-2 if b.ndim > 1 else 0]:
+            raise ValueError(
+                f"matmul: shapes {a.shape} and {b.shape} do not line up: the last dimension "
+                f"of the first ({a.shape[-1]}) must equal the "
+                f"{'second-to-last' if b.ndim > 1 else 'only'} dimension of the second"
+            )
+        out = Tensor._make(a @ b, (self, other), "matmul")
+
+        def backward(g):
+            xp = backend.xp()
+            # Promote 1-D operands to matrices, as matmul itself does, then undo it.
+            a2 = a[None, :] if a.ndim == 1 else a
+            b2 = b[:, None] if b.ndim == 1 else b
+            g2 = g
+            if a.ndim == 1:
+                g2 = xp.expand_dims(g2, -2)
+            if b.ndim == 1:
+                g2 = xp.expand_dims(g2, -1)
+            ga = g2 @ xp.swapaxes(b2, -1, -2)
+            gb = xp.swapaxes(a2, -1, -2) @ g2
+            if a.ndim == 1:
+                ga = ga.reshape(ga.shape[:-2] + ga.shape[-1:])
+            if b.ndim == 1:
+                gb = gb.reshape(gb.shape[:-1])
+            return ga, gb
+
+        out._set_backward(backward)
+        return out
+
+    def __rmatmul__(self, other):
+        return self._other(other) @ self
+
+    # ------------------------------------------------------------------ reductions
+
+    def sum(self, axis=None, keepdims=False):
+        out = Tensor._make(self.data.sum(axis=axis, keepdims=keepdims), (self,), "sum")
+
+        def backward(g):  # every input element contributed once: spread g back over them
+            if not keepdims and axis is not None:
+                g = backend.xp().expand_dims(g, axis)
+            return (backend.xp().broadcast_to(g, self.shape),)
+
+        out._set_backward(backward)
+        return out
+
+    def _count(self, axis) -> int:
+        """How many elements each result of a reduction over ``axis`` combines."""
+        if axis is None:
+            return self.size
+        axes = (axis,) if isinstance(axis, int) else axis
+        return int(numpy.prod([self.shape[a] for a in axes]))
+
+    def mean(self, axis=None, keepdims=False):
+        return self.sum(axis=axis, keepdims=keepdims) * (1.0 / self._count(axis))
+
+    def var(self, axis=None, keepdims=False, correction=0):
+        """Variance (biased by default, correction=0, as LayerNorm uses)."""
+        centered = self - self.mean(axis=axis, keepdims=True)
+        n = self._count(axis)
+        return (centered * centered).sum(axis=axis, keepdims=keepdims) * (1.0 / (n - correction))
+
+    def max(self, axis=None, keepdims=False):
+        """Maximum; the gradient goes to the maximal elements (split evenly on ties)."""
+        xp = backend.xp()
+        m = self.data.max(axis=axis, keepdims=True)
+        out_data = m if keepdims else (m.reshape(()) if axis is None else xp.squeeze(m, axis))
+        out = Tensor._make(out_data, (self,), "max")
+
+        def backward(g):
+            if not keepdims:
+                g = g.reshape(m.shape)
+            is_max = self.data == m
+            return (g * is_max / is_max.sum(axis=axis, keepdims=True),)
+
+        out._set_backward(backward)
+        return out
+
+    def argmax(self, axis=None):
+        return Tensor(self.data.argmax(axis=axis))
+
+    # ------------------------------------------------------------------ shape ops
+
+    def reshape(self, *shape):
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        try:
+            data = self.data.reshape(shape)
+        except ValueError:
+            raise ValueError(f"cannot reshape tensor of shape {self.shape} "
+                             f"({self.size} elements) into {tuple(shape)}") from None
+        out = Tensor._make(data, (self,), "reshape")
+        out._set_backward(lambda g: (g.reshape(self.shape),))
+        return out
+
+    view = reshape
+
+    def flatten(self, start_dim=0):
+        return self.reshape(self.shape[:start_dim] + (-1,))
+
+    def permute(self, *axes):
+        axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
+        inverse = tuple(numpy.argsort(axes))
+        out = Tensor._make(self.data.transpose(axes), (self,), "permute")
+        out._set_backward(lambda g: (g.transpose(inverse),))
+        return out
+
+    def transpose(self, dim0=-2, dim1=-1):
+        """Swap two dimensions (the last two by default)."""
+        axes = list(range(self.ndim))
+        axes[dim0], axes[dim1] = axes[dim1], axes[dim0]
+        return self.permute(axes)
+
+    @property
+    def T(self):
+        return self.permute(tuple(reversed(range(self.ndim))))
+
+    def unsqueeze(self, axis):
+        return self.reshape(backend.xp().expand_dims(self.data, axis).shape)
+
+    def squeeze(self, axis=None):
+        return self.reshape(backend.xp().squeeze(self.data, axis).shape)
+
+    def __getitem__(self, index):
+        """Indexing with ints, slices, None, masks and integer arrays.
+
+        Backward scatters g into a zero array of the input's shape. With integer arrays one
+        element can be picked several times, so the scatter must *add* (``add.at``), not
+        assign.
+        """
+        if isinstance(index, Tensor):
+            index = index.data
+        elif isinstance(index, tuple):
+            index = tuple(i.data if isinstance(i, Tensor) else i for i in index)
+        out = Tensor._make(self.data[index], (self,), "getitem")
+
+        def backward(g):
+            xp = backend.xp()
+            grad = xp.zeros_like(self.data)
+            if _is_basic_index(index):
+                grad[index] = g  # slices pick each element at most once
+            else:
+                xp.add.at(grad, index, g)
+            return (grad,)
+
+        out._set_backward(backward)
+        return out
+
+    def masked_fill(self, mask, value):
+        """Elements where ``mask`` is True become ``value`` (and get no gradient)."""
+        mask = mask.data if isinstance(mask, Tensor) else mask
+        out = Tensor._make(backend.xp().where(mask, value, self.data).astype(self.dtype),
+                           (self,), "masked_fill")
+        out._set_backward(lambda g: (backend.xp().where(mask, 0, g),))
+        return out
+
+    def split(self, sections, axis=-1):
+        return split(self, sections, axis)
+
+    # Method forms of the functional ops most often chained in model code.
+    def softmax(self, axis=-1):
+        from tinygpt import functional
+
+        return functional.softmax(self, axis=axis)
+
+    def log_softmax(self, axis=-1):
+        from tinygpt import functional
+
+        return functional.log_softmax(self, axis=axis)
+
+
+# --------------------------------------------------------------------- free functions
+
+def tensor(data, requires_grad=False, dtype=None) -> Tensor:
+    """Make a tensor on the active backend (floats default to float32)."""
+    return Tensor(data, requires_grad=requires_grad, dtype=dtype)
+
+
+def _same_backend(tensors, op):
+    kinds = {type(t.data) for t in tensors}
+    if len(kinds) > 1:
+        names = sorted({t.device for t in tensors})
+        raise TypeError(f"{op}: tensors on different backends {names}; move them with .to()")
+
+
+def concatenate(tensors, axis=0) -> Tensor:
+    """Join tensors along an existing axis; backward slices g back into pieces."""
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    _same_backend(tensors, "concatenate")
+    xp = backend.xp()
+    try:
+        data = xp.concatenate([t.data for t in tensors], axis=axis)
+    except ValueError:
+        raise ValueError(f"concatenate along axis {axis}: shapes "
+                         f"{[t.shape for t in tensors]} do not match") from None
+    out = Tensor._make(data, tuple(tensors), "concatenate")
+    cuts = numpy.cumsum([t.shape[axis] for t in tensors])[:-1].tolist()
+    out._set_backward(lambda g: tuple(xp.split(g, cuts, axis=axis)))
+    return out
+
+
+cat = concatenate
+
+
+def stack(tensors, axis=0) -> Tensor:
+    """Join tensors along a new axis."""
+    tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    shapes = {t.shape for t in tensors}
+    if len(shapes) > 1:
+        raise ValueError(f"stack needs tensors of one shape, got {sorted(shapes)}")
+    return concatenate([t.unsqueeze(axis) for t in tensors], axis=axis)
+
+
+def split(x: Tensor, sections, axis=-1):
+    """Split into pieces: ``sections`` is a count of equal pieces or a list of sizes."""
+    size = x.shape[axis]
+    if isinstance(sections, int):
+        if size % sections:
+            raise ValueError(f"split: axis of size {size} is not divisible into {sections}")
+        sizes = [size // sections] * sections
+    else:
+        sizes = list(sections)
+        if sum(sizes) != size:
+            raise ValueError(f"split: sizes {sizes} do not add up to the axis size {size}")
+    pieces, start = [], 0
+    axis = axis % x.ndim
+    for n in sizes:
+        index = (slice(None),) * axis + (slice(start, start + n),)
+        pieces.append(x[index])
+        start += n
+    return pieces
+
+
+def where(condition, a, b) -> Tensor:
+    """Element-wise ``a if condition else b``; each side gets g where it was chosen."""
+    condition = condition.data if isinstance(condition, Tensor) else condition
+    a = a if isinstance(a, Tensor) else Tensor(a)
+    b = a._other(b)
+    xp = backend.xp()
+    out = Tensor._make(xp.where(condition, a.data, b.data), (a, b), "where")
+    out._set_backward(lambda g: (xp.where(condition, g, 0), xp.where(condition, 0, g)))
+    return out
+
+
+def zeros(*shape, dtype=None, requires_grad=False) -> Tensor:
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(backend.xp().zeros(shape, dtype=dtype or backend.default_dtype()),
+                  requires_grad=requires_grad)
+
+
+def ones(*shape, dtype=None, requires_grad=False) -> Tensor:
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return Tensor(backend.xp().ones(shape, dtype=dtype or backend.default_dtype()),
+                  requires_grad=requires_grad)
+
+
+def randn(*shape, dtype=None, requires_grad=False) -> Tensor:
+    """Standard normal samples from the seeded generator (see ``manual_seed``)."""
+    shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    data = backend.generator().standard_normal(shape).astype(dtype or backend.default_dtype())
+    return Tensor(data, requires_grad=requires_grad)
+
+
+def arange(*args, dtype=None) -> Tensor:
+    return Tensor(backend.xp().arange(*args, dtype=dtype))
