@@ -7,6 +7,7 @@
 """
 
 from tinygpt import backend
+from tinygpt.config import GPTConfig
 from tinygpt.gradcheck import GradcheckError, gradcheck
 from tinygpt.tensor import (
     Tensor,
@@ -26,7 +27,7 @@ from tinygpt.tensor import (
 )
 
 __all__ = [
-    "GradcheckError", "Tensor", "arange", "backend", "cat", "concatenate", "gradcheck",
+    "GPTConfig", "GradcheckError", "Tensor", "arange", "backend", "cat", "concatenate", "gradcheck",
     "is_grad_enabled", "manual_seed", "no_grad", "ones", "randn", "split", "stack", "tensor",
     "where", "zeros",
 ]

@@ -1,0 +1,11 @@
+"""Layers and the GPT model, built on tinygpt's tensors."""
+
+from tinygpt.nn.attention import KVCache, MultiHeadAttention
+from tinygpt.nn.gpt import FeedForward, GPTModel, TransformerBlock
+from tinygpt.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear
+from tinygpt.nn.module import Module, Parameter, Sequential
+
+__all__ = [
+    "Dropout", "Embedding", "FeedForward", "GELU", "GPTModel", "KVCache", "LayerNorm",
+    "Linear", "Module", "MultiHeadAttention", "Parameter", "Sequential", "TransformerBlock",
+]

@@ -1,0 +1,169 @@
+"""``Module`` and ``Parameter``: the bookkeeping every layer shares.
+
+A module finds its parameters and sub-modules by looking at its own attributes, in the order
+they were set, so ``self.W_query = Linear(...)`` is all it takes to register one. Names join
+with dots (``trf_blocks.0.att.W_query.weight``), exactly as PyTorch names them, which is what
+lets a state dict move between tinygpt and the book's PyTorch model unchanged.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from tinygpt import backend
+from tinygpt.tensor import Tensor
+
+
+class Parameter(Tensor):
+    """A tensor that a module owns and an optimizer updates (requires grad by default)."""
+
+    def __init__(self, data, requires_grad=True, dtype=None):
+        super().__init__(data, requires_grad=requires_grad, dtype=dtype)
+
+    def __repr__(self):
+        return f"Parameter(shape={self.shape}, dtype={self.dtype})"
+
+
+class Module:
+    """Base class of every layer: parameters, state dicts, train/eval mode."""
+
+    training = True
+
+    def __call__(self, *args, **kwargs):
+        return self.forward(*args, **kwargs)
+
+    def forward(self, *args, **kwargs):
+        raise NotImplementedError(f"{type(self).__name__} must define forward()")
+
+    # ------------------------------------------------------------------ tree walking
+
+    def named_children(self):
+        for name, value in vars(self).items():
+            if isinstance(value, Module):
+                yield name, value
+
+    def named_modules(self, prefix=""):
+        yield prefix, self
+        for name, child in self.named_children():
+            yield from child.named_modules(f"{prefix}.{name}" if prefix else name)
+
+    def modules(self):
+        return [m for _, m in self.named_modules()]
+
+    def _named_tensors(self, prefix=""):
+        """Every Parameter under this module with its dotted name, shared ones repeated."""
+        for name, value in vars(self).items():
+            full = f"{prefix}.{name}" if prefix else name
+            if isinstance(value, Parameter):
+                yield full, value
+            elif isinstance(value, Module):
+                yield from value._named_tensors(full)
+
+    def named_parameters(self):
+        """(name, Parameter) pairs; a parameter shared by two layers is listed once."""
+        seen = set()
+        for name, p in self._named_tensors():
+            if id(p) not in seen:
+                seen.add(id(p))
+                yield name, p
+
+    def parameters(self):
+        return [p for _, p in self.named_parameters()]
+
+    def num_parameters(self, trainable_only=False) -> int:
+        """Count of distinct parameter elements (tied weights counted once)."""
+        return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def zero_grad(self):
+        for p in self.parameters():
+            p.grad = None
+
+    # ------------------------------------------------------------------ modes
+
+    def train(self, mode=True):
+        """Training mode: dropout active. Returns self so calls can chain."""
+        for m in self.modules():
+            m.training = mode
+        return self
+
+    def eval(self):
+        return self.train(False)
+
+    def requires_grad_(self, flag=True):
+        for p in self.parameters():
+            p.requires_grad = flag
+        return self
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Name -> backend array, one entry per name (tied weights appear under both)."""
+        return {name: p.data for name, p in self._named_tensors()}
+
+    def load_state_dict(self, state: dict, strict=True):
+        """Copy arrays into the parameters; strict mode lists every mismatch in one error."""
+        own = dict(self._named_tensors())
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        wrong_shape = [f"{k}: expected {own[k].shape}, got {tuple(state[k].shape)}"
+                       for k in own if k in state and tuple(state[k].shape) != own[k].shape]
+        problems = []
+        if strict and missing:
+            problems.append("missing keys: " + ", ".join(missing))
+        if strict and unexpected:
+            problems.append("unexpected keys: " + ", ".join(unexpected))
+        if wrong_shape:
+            problems.append("wrong shapes: " + "; ".join(wrong_shape))
+        if problems:
+            raise ValueError(f"load_state_dict into {type(self).__name__}: " + " | ".join(problems))
+        for name, p in own.items():
+            if name in state:
+                p.data = _to_active(state[name], p.dtype)
+        return self
+
+    def to(self, device=None, dtype=None):
+        """Move every parameter to backend ``device`` and/or cast to ``dtype``, in place."""
+        for p in self.parameters():
+            data = p.data if device is None else backend.move(p.data, device)
+            p.data = data if dtype is None else data.astype(dtype)
+            p.grad = None
+        return self
+
+    def __repr__(self):
+        lines = [f"{type(self).__name__}("]
+        for name, child in self.named_children():
+            body = repr(child).replace("\n", "\n  ")
+            lines.append(f"  ({name}): {body}")
+        return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}()"
+
+
+def _to_active(array, dtype):
+    """An array (NumPy, CuPy, or anything array-like) as a copy on the active backend."""
+    if backend.is_array(array):
+        array = backend.move(array, backend.active().name)
+    else:
+        array = backend.xp().asarray(numpy.asarray(array))
+    return array.astype(dtype, copy=True)
+
+
+class Sequential(Module):
+    """Layers applied in order; children are named "0", "1", ... as in PyTorch."""
+
+    def __init__(self, *layers):
+        for i, layer in enumerate(layers):
+            setattr(self, str(i), layer)
+
+    def __iter__(self):
+        return (m for _, m in self.named_children())
+
+    def __getitem__(self, i):
+        return getattr(self, str(i % len(self)))
+
+    def __len__(self):
+        return sum(1 for _ in self.named_children())
+
+    def forward(self, x):
+        for layer in self:
+            x = layer(x)
+        return x
+
