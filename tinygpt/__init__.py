@@ -8,6 +8,7 @@
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
+from tinygpt.generate import generate
 from tinygpt.gradcheck import GradcheckError, gradcheck
 from tinygpt.tensor import (
     Tensor,
@@ -25,9 +26,11 @@ from tinygpt.tensor import (
     where,
     zeros,
 )
+from tinygpt.weights import load_gpt2, save_pretrained
 
 __all__ = [
-    "GPTConfig", "GradcheckError", "Tensor", "arange", "backend", "cat", "concatenate", "gradcheck",
+    "GPTConfig", "GradcheckError", "Tensor", "arange", "backend", "cat", "concatenate", "generate",
+    "gradcheck", "load_gpt2", "save_pretrained",
     "is_grad_enabled", "manual_seed", "no_grad", "ones", "randn", "split", "stack", "tensor",
     "where", "zeros",
 ]

@@ -1,0 +1,144 @@
+"""Text generation: pick the next token, append it, repeat (the book's chapter 5).
+
+Each step turns the last position's logits into a choice:
+  temperature 0      greedy, the most likely token;
+  temperature T > 0  logits / T, then sample (T < 1 sharper, T > 1 flatter), optionally
+                     restricted to the top_k most likely tokens and/or the smallest set whose
+                     probabilities add up to top_p (nucleus sampling).
+
+With ``use_cache=True`` (the default) the model keeps every layer's keys and values, so after
+the prompt each new token costs one token's forward pass instead of the whole sequence's.
+Once the sequence outgrows the context window the cache is rebuilt from the cropped window
+each step, which gives exactly the tokens of the uncached path.
+"""
+
+from __future__ import annotations
+
+import numpy
+
+from tinygpt import backend
+from tinygpt.tensor import Tensor, no_grad
+
+
+def _as_batch(ids):
+    """Token ids as a (B, T) integer array of the active backend."""
+    ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
+    if ids.ndim == 1:
+        ids = ids[None, :]
+    if ids.ndim != 2 or not numpy.issubdtype(ids.dtype, numpy.integer) or ids.shape[1] == 0:
+        raise ValueError(f"generate: ids must be a non-empty (batch, tokens) integer array, "
+                         f"got shape {ids.shape} and dtype {ids.dtype}")
+    return ids.astype("int64")
+
+
+def _check_sampling_args(temperature, top_k, top_p, vocab_size):
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and not 1 <= top_k <= vocab_size:
+        raise ValueError(f"top_k must be between 1 and the vocabulary size {vocab_size}, "
+                         f"got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def filter_logits(logits, top_k=None, top_p=None):
+    """Set to -inf every logit outside the top_k and outside the top_p nucleus. logits (B, V)."""
+    xp = backend.xp()
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = xp.sort(logits, axis=-1)[:, -top_k][:, None]  # the k-th largest value per row
+        logits = xp.where(logits < kth, -xp.inf, logits)
+    if top_p is not None and top_p < 1.0:
+        order = xp.argsort(-logits, axis=-1)
+        sorted_logits = xp.take_along_axis(logits, order, axis=-1)
+        probs = _softmax(sorted_logits)
+        # Keep a token if the tokens ranked above it do not yet reach top_p: the most likely
+        # token is always kept, and the kept set is the smallest whose sum reaches top_p.
+        mass_before = xp.cumsum(probs, axis=-1) - probs
+        drop_sorted = mass_before >= top_p
+        drop = xp.zeros_like(drop_sorted)
+        xp.put_along_axis(drop, order, drop_sorted, axis=-1)
+        logits = xp.where(drop, -xp.inf, logits)
+    return logits
+
+
+def _softmax(logits):
+    xp = backend.xp()
+    e = xp.exp(logits - logits.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def next_token(logits, temperature=0.0, top_k=None, top_p=None):
+    """Choose one token per row from last-position logits (B, V) -> (B,) int64."""
+    xp = backend.xp()
+    if temperature == 0.0:
+        return logits.argmax(axis=-1)
+    logits = filter_logits(logits.astype("float64") / temperature, top_k, top_p)
+    probs = _softmax(logits)
+    # Inverse-CDF sampling: the first token whose cumulative probability exceeds u ~ U(0, 1).
+    u = backend.generator().random((logits.shape[0], 1))
+    choice = (xp.cumsum(probs, axis=-1) <= u).sum(axis=-1)
+    return xp.minimum(choice, logits.shape[-1] - 1).astype("int64")
+
+
+def stream(model, ids, max_new_tokens, context_size=None, temperature=0.0, top_k=None,
+           top_p=None, eos_id=None, use_cache=True):
+    """Yield the next token of every sequence, (B,) int64, one step at a time.
+
+    Stops after ``max_new_tokens`` or when every sequence has produced ``eos_id``; a
+    sequence that is done keeps receiving ``eos_id`` (as padding) until all are.
+    """
+    ids = _as_batch(ids)
+    context = model.cfg.context_length
+    context_size = context if context_size is None else context_size
+    if not 1 <= context_size <= context:
+        raise ValueError(f"context_size must be between 1 and the model's context length "
+                         f"{context}, got {context_size}")
+    _check_sampling_args(temperature, top_k, top_p, model.cfg.vocab_size)
+    xp = backend.xp()
+    done = xp.zeros(ids.shape[0], dtype=bool)
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            model.reset_cache()
+            for _ in range(max_new_tokens):
+                logits = _last_logits(model, ids, context_size, use_cache)
+                token = next_token(logits, temperature, top_k, top_p)
+                if eos_id is not None:
+                    token = xp.where(done, eos_id, token)
+                    done = done | (token == eos_id)
+                ids = xp.concatenate([ids, token[:, None]], axis=1)
+                yield token
+                if eos_id is not None and bool(done.all()):
+                    break
+    finally:
+        model.reset_cache()
+        model.train(was_training)
+
+
+def _last_logits(model, ids, context_size, use_cache):
+    """Logits (B, V) for the token after ``ids``, reusing the KV cache when possible."""
+    if not use_cache:
+        return model(ids[:, -context_size:]).data[:, -1, :]
+    cached = model.cache_length
+    if cached == 0 or ids.shape[1] > context_size:
+        # First step, or the window slid: positions changed, so fill the cache afresh.
+        model.reset_cache()
+        return model(ids[:, -context_size:], use_cache=True).data[:, -1, :]
+    return model(ids[:, cached:], use_cache=True).data[:, -1, :]
+
+
+def generate(model, ids, max_new_tokens, context_size=None, temperature=0.0, top_k=None,
+             top_p=None, eos_id=None, use_cache=True):
+    """Extend ``ids`` (B, T) or (T,) by up to ``max_new_tokens`` tokens -> (B, T + new).
+
+    Sampling draws from tinygpt's seeded generator: call ``tinygpt.manual_seed`` first for
+    reproducible text. ``eos_id`` ends a sequence early; it is kept in the output, and
+    sequences that finished first are padded with it.
+    """
+    ids = _as_batch(ids)
+    tokens = list(stream(model, ids, max_new_tokens, context_size, temperature, top_k,
+                         top_p, eos_id, use_cache))
+    if not tokens:
+        return ids
+    return backend.xp().concatenate([ids, backend.xp().stack(tokens, axis=1)], axis=1)

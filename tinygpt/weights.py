@@ -1,0 +1,314 @@
+"""GPT-2 checkpoints in and out, in Hugging Face's layout (config.json + model.safetensors).
+
+OpenAI's GPT-2 stores each layer the way its TensorFlow code used it; tinygpt stores it the
+way the book's PyTorch model does. Loading translates one into the other:
+
+    Hugging Face name             shape          tinygpt name(s)
+    wte.weight                    (V, C)         tok_emb.weight (and out_head.weight, tied)
+    wpe.weight                    (ctx, C)       pos_emb.weight
+    h.{i}.ln_1.weight / .bias     (C,)           trf_blocks.{i}.norm1.scale / .shift
+    h.{i}.attn.c_attn.weight      (C, 3C)        split in three, each transposed:
+                                                 att.W_query / W_key / W_value .weight (C, C)
+    h.{i}.attn.c_attn.bias        (3C,)          att.W_query / W_key / W_value .bias
+    h.{i}.attn.c_proj.weight      (C, C)         att.out_proj.weight (transposed)
+    h.{i}.ln_2.weight / .bias     (C,)           norm2.scale / .shift
+    h.{i}.mlp.c_fc.weight         (C, 4C)        ff.layers.0.weight (transposed)
+    h.{i}.mlp.c_proj.weight       (4C, C)        ff.layers.2.weight (transposed)
+    ln_f.weight / .bias           (C,)           final_norm.scale / .shift
+
+GPT-2's "Conv1D" layers keep weights as (in, out), the transpose of a Linear's (out, in).
+Files written by ``transformers`` prefix every name with ``transformer.``; the hub's own GPT-2
+files do not. Both load. Everything is read with ``safetensors`` (no pickle, so loading a
+file cannot run code), and every write goes to a temporary name first, then is renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import numpy
+from safetensors import SafetensorError
+from safetensors.numpy import load_file, save_file
+
+from tinygpt import backend
+from tinygpt.config import GPTConfig
+from tinygpt.nn.gpt import GPTModel
+
+HUB_REPOS = {
+    "gpt2": "openai-community/gpt2",
+    "gpt2-medium": "openai-community/gpt2-medium",
+    "gpt2-large": "openai-community/gpt2-large",
+    "gpt2-xl": "openai-community/gpt2-xl",
+}
+HUB_FILES = ("config.json", "model.safetensors")
+# Buffers some GPT-2 files carry (the causal mask); they are not weights.
+IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded: the message says which file and what is wrong."""
+
+
+# ----------------------------------------------------------------------------- config
+
+def config_from_hf(hf: dict) -> GPTConfig:
+    """A GPTConfig from a Hugging Face GPT-2 config.json dictionary."""
+    try:
+        return GPTConfig(
+            vocab_size=hf["vocab_size"], context_length=hf["n_positions"],
+            emb_dim=hf["n_embd"], n_heads=hf["n_head"], n_layers=hf["n_layer"],
+            drop_rate=0.0, qkv_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True))
+    except KeyError as err:
+        raise CheckpointError(f"config.json lacks the GPT-2 field {err.args[0]!r}") from None
+
+
+def config_to_hf(cfg: GPTConfig) -> dict:
+    """The config.json that transformers' GPT2LMHeadModel reads for this model."""
+    eos = 50256 if cfg.vocab_size > 50256 else None  # GPT-2's <|endoftext|>, if it exists
+    return {
+        "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size, "n_positions": cfg.context_length,
+        "n_ctx": cfg.context_length, "n_embd": cfg.emb_dim, "n_head": cfg.n_heads,
+        "n_layer": cfg.n_layers, "n_inner": None, "activation_function": "gelu_new",
+        "layer_norm_epsilon": 1e-5, "resid_pdrop": cfg.drop_rate, "embd_pdrop": cfg.drop_rate,
+        "attn_pdrop": cfg.drop_rate, "initializer_range": 0.02,
+        "bos_token_id": eos, "eos_token_id": eos,
+        "tie_word_embeddings": cfg.tie_embeddings,
+    }
+
+
+def _infer_config(tensors: dict) -> GPTConfig:
+    """Architecture from tensor shapes alone (a bare .safetensors file with no config.json).
+
+    Every GPT-2 size uses heads of 64 dimensions, so n_heads = emb_dim / 64.
+    """
+    vocab, emb = tensors["wte.weight"].shape
+    n_layers = len({k.split(".")[1] for k in tensors if k.startswith("h.")})
+    return GPTConfig(vocab_size=vocab, context_length=tensors["wpe.weight"].shape[0],
+                     emb_dim=emb, n_heads=max(emb // 64, 1), n_layers=n_layers,
+                     drop_rate=0.0, qkv_bias=True, tie_embeddings="lm_head.weight" not in tensors)
+
+
+# ----------------------------------------------------------------------------- name mapping
+
+def hf_to_tinygpt(tensors: dict, cfg: GPTConfig) -> dict:
+    """Translate Hugging Face GPT-2 tensors into a tinygpt state dict (NumPy arrays)."""
+    C = cfg.emb_dim
+    state = {"tok_emb.weight": tensors["wte.weight"], "pos_emb.weight": tensors["wpe.weight"],
+             "final_norm.scale": tensors["ln_f.weight"], "final_norm.shift": tensors["ln_f.bias"]}
+    for i in range(cfg.n_layers):
+        h, b = f"h.{i}.", f"trf_blocks.{i}."
+        q, k, v = numpy.split(tensors[h + "attn.c_attn.weight"], [C, 2 * C], axis=1)
+        qb, kb, vb = numpy.split(tensors[h + "attn.c_attn.bias"], [C, 2 * C])
+        state.update({
+            b + "att.W_query.weight": q.T, b + "att.W_key.weight": k.T,
+            b + "att.W_value.weight": v.T,
+            b + "att.W_query.bias": qb, b + "att.W_key.bias": kb, b + "att.W_value.bias": vb,
+            b + "att.out_proj.weight": tensors[h + "attn.c_proj.weight"].T,
+            b + "att.out_proj.bias": tensors[h + "attn.c_proj.bias"],
+            b + "ff.layers.0.weight": tensors[h + "mlp.c_fc.weight"].T,
+            b + "ff.layers.0.bias": tensors[h + "mlp.c_fc.bias"],
+            b + "ff.layers.2.weight": tensors[h + "mlp.c_proj.weight"].T,
+            b + "ff.layers.2.bias": tensors[h + "mlp.c_proj.bias"],
+            b + "norm1.scale": tensors[h + "ln_1.weight"], b + "norm1.shift": tensors[h + "ln_1.bias"],
+            b + "norm2.scale": tensors[h + "ln_2.weight"], b + "norm2.shift": tensors[h + "ln_2.bias"],
+        })
+    state["out_head.weight"] = tensors.get("lm_head.weight", tensors["wte.weight"])
+    return state
+
+
+def tinygpt_to_hf(state: dict, cfg: GPTConfig) -> dict:
+    """The inverse of ``hf_to_tinygpt``: HF names, Conv1D (in, out) layout, fused c_attn."""
+    C = cfg.emb_dim
+    zeros = numpy.zeros(C, dtype=state["tok_emb.weight"].dtype)  # GPT-2 always has qkv bias
+    out = {"wte.weight": state["tok_emb.weight"], "wpe.weight": state["pos_emb.weight"],
+           "ln_f.weight": state["final_norm.scale"], "ln_f.bias": state["final_norm.shift"]}
+    for i in range(cfg.n_layers):
+        h, b = f"h.{i}.", f"trf_blocks.{i}.att."
+        out[h + "attn.c_attn.weight"] = numpy.concatenate(
+            [state[b + n + ".weight"].T for n in ("W_query", "W_key", "W_value")], axis=1)
+        out[h + "attn.c_attn.bias"] = numpy.concatenate(
+            [state.get(b + n + ".bias", zeros) for n in ("W_query", "W_key", "W_value")])
+        b = f"trf_blocks.{i}."
+        out.update({
+            h + "attn.c_proj.weight": state[b + "att.out_proj.weight"].T,
+            h + "attn.c_proj.bias": state[b + "att.out_proj.bias"],
+            h + "mlp.c_fc.weight": state[b + "ff.layers.0.weight"].T,
+            h + "mlp.c_fc.bias": state[b + "ff.layers.0.bias"],
+            h + "mlp.c_proj.weight": state[b + "ff.layers.2.weight"].T,
+            h + "mlp.c_proj.bias": state[b + "ff.layers.2.bias"],
+            h + "ln_1.weight": state[b + "norm1.scale"], h + "ln_1.bias": state[b + "norm1.shift"],
+            h + "ln_2.weight": state[b + "norm2.scale"], h + "ln_2.bias": state[b + "norm2.shift"],
+        })
+    return out
+
+
+def _expected_hf_shapes(cfg: GPTConfig) -> dict:
+    C, V = cfg.emb_dim, cfg.vocab_size
+    shapes = {"wte.weight": (V, C), "wpe.weight": (cfg.context_length, C),
+              "ln_f.weight": (C,), "ln_f.bias": (C,)}
+    for i in range(cfg.n_layers):
+        h = f"h.{i}."
+        shapes.update({
+            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
+            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
+            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
+            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
+            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
+            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
+        })
+    if not cfg.tie_embeddings:
+        shapes["lm_head.weight"] = (V, C)
+    return shapes
+
+
+def _check_tensors(tensors: dict, cfg: GPTConfig, source) -> None:
+    """Every expected tensor present with the right shape, nothing unexpected."""
+    expected = _expected_hf_shapes(cfg)
+    optional = {"lm_head.weight"}  # tied checkpoints may or may not store the head
+    missing = [k for k in expected if k not in tensors and k not in optional]
+    unexpected = [k for k in tensors if k not in expected and k not in optional]
+    wrong = [f"{k} {tuple(tensors[k].shape)} (expected {expected[k]})"
+             for k in expected if k in tensors and tuple(tensors[k].shape) != expected[k]]
+    problems = [f"{label}: {', '.join(items[:8])}{' ...' if len(items) > 8 else ''}"
+                for label, items in (("missing tensors", missing),
+                                     ("unexpected tensors", unexpected),
+                                     ("wrong shapes", wrong)) if items]
+    if problems:
+        raise CheckpointError(f"{source} does not match the GPT-2 config "
+                              f"({cfg.n_layers} layers, emb_dim {cfg.emb_dim}, vocab "
+                              f"{cfg.vocab_size}): " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------- reading
+
+def read_safetensors(path) -> dict:
+    """All tensors of a safetensors file as NumPy arrays, names without 'transformer.'."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint file not found: {path}")
+    try:
+        raw = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path} is not a readable safetensors file (truncated or "
+                              f"corrupt?): {err}") from None
+    tensors = {}
+    for name, array in raw.items():
+        name = name.removeprefix("transformer.")
+        if not name.endswith(IGNORED_SUFFIXES):
+            tensors[name] = array
+    return tensors
+
+
+def _resolve(name_or_path) -> tuple[Path, Path | None]:
+    """(safetensors file, config.json or None) for a hub name, a directory or a file."""
+    text = str(name_or_path)
+    if text in HUB_REPOS:
+        directory = download_gpt2(text)
+        return directory / "model.safetensors", directory / "config.json"
+    path = Path(text).expanduser()
+    if path.is_dir():
+        weights, config = path / "model.safetensors", path / "config.json"
+        if not weights.is_file():
+            raise CheckpointError(f"{path} has no model.safetensors (a Hugging Face GPT-2 "
+                                  "directory holds config.json and model.safetensors)")
+        return weights, config if config.is_file() else None
+    if path.is_file():
+        config = path.with_name("config.json")
+        return path, config if config.is_file() else None
+    names = ", ".join(HUB_REPOS)
+    raise CheckpointError(f"{text!r} is neither a GPT-2 model name ({names}) nor an "
+                          "existing directory or .safetensors file")
+
+
+def load_gpt2(name_or_path, dtype="float32") -> GPTModel:
+    """A GPTModel with GPT-2 weights: from a hub name (downloaded once, cached) or a local
+    Hugging Face directory or .safetensors file. The head is tied to the token embedding,
+    as in GPT-2, unless the checkpoint stores its own ``lm_head.weight``."""
+    weights_path, config_path = _resolve(name_or_path)
+    tensors = read_safetensors(weights_path)
+    if config_path is not None:
+        try:
+            cfg = config_from_hf(json.loads(config_path.read_text()))
+        except json.JSONDecodeError as err:
+            raise CheckpointError(f"{config_path} is not valid JSON: {err}") from None
+    elif "wte.weight" in tensors and "wpe.weight" in tensors:
+        cfg = _infer_config(tensors)
+    else:
+        raise CheckpointError(f"{weights_path} holds no GPT-2 embeddings (wte.weight, "
+                              "wpe.weight) and there is no config.json beside it")
+    if cfg.tie_embeddings and "lm_head.weight" in tensors and not numpy.array_equal(
+            tensors["lm_head.weight"], tensors["wte.weight"]):
+        cfg = cfg.replace(tie_embeddings=False)
+    _check_tensors(tensors, cfg, weights_path)
+    model = GPTModel(cfg).to(dtype=dtype)
+    model.load_state_dict(hf_to_tinygpt(tensors, cfg))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------- writing
+
+def atomic_write(path, write) -> None:
+    """Call ``write(tmp_path)`` then rename tmp_path to ``path``: readers never see a
+    half-written file, and a failed write leaves the old file (if any) untouched."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_pretrained(model: GPTModel, directory) -> Path:
+    """Write ``model`` as config.json + model.safetensors in Hugging Face's GPT-2 layout,
+    loadable by ``transformers.GPT2LMHeadModel.from_pretrained`` and by ``load_gpt2``."""
+    cfg = model.cfg
+    directory = Path(directory)
+    state = {k: numpy.ascontiguousarray(_host(v)) for k, v in model.state_dict().items()}
+    tensors = {"transformer." + k: numpy.ascontiguousarray(v)
+               for k, v in tinygpt_to_hf(state, cfg).items()}
+    if not model.weights_tied:
+        tensors["lm_head.weight"] = state["out_head.weight"]
+    config = config_to_hf(cfg.replace(tie_embeddings=model.weights_tied))
+    atomic_write(directory / "model.safetensors",
+                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
+    atomic_write(directory / "config.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    return directory
+
+
+def _host(array):
+    """A NumPy copy of a backend array (CuPy arrays come back from the GPU)."""
+    return backend.move(array, "numpy")
+
+
+# ----------------------------------------------------------------------------- downloading
+
+def download_gpt2(name: str) -> Path:
+    """Download (once; later calls hit the cache) a GPT-2 checkpoint from the Hugging Face
+    hub and return its local directory. ``HF_ENDPOINT`` and ``HF_HOME`` are honoured;
+    ``huggingface_hub`` resumes interrupted downloads and shows progress."""
+    if name not in HUB_REPOS:
+        raise CheckpointError(f"unknown GPT-2 model {name!r}; expected one of: "
+                              + ", ".join(HUB_REPOS))
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    paths = []
+    for filename in HUB_FILES:
+        try:
+            paths.append(Path(hf_hub_download(HUB_REPOS[name], filename)))
+        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+            raise CheckpointError(
+                f"could not download {filename} of {name} from the Hugging Face hub "
+                f"({HUB_REPOS[name]}): {err}. Check the network, or pass a local directory "
+                "holding config.json and model.safetensors") from None
+    return paths[0].parent
