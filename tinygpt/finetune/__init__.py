@@ -1,0 +1,1 @@
+"""Fine-tuning a pretrained GPT: classification, instruction following, preference (DPO)."""
