@@ -114,7 +114,8 @@ def test_checkpoint_holds_the_model(tmp_path):
 
 
 def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path):
-    quiet(fresh_model(), windows(), dataclasses.replace(RUN, max_steps=1, warmup_steps=0), out_dir=tmp_path)
+    one_step = dataclasses.replace(RUN, max_steps=1, warmup_steps=0)
+    quiet(fresh_model(), windows(), one_step, out_dir=tmp_path)
     path = tmp_path / CHECKPOINT_NAME
     path.write_bytes(path.read_bytes()[:100])
     with pytest.raises(TrainingError, match="truncated or corrupt"):
@@ -124,7 +125,8 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path):
 
 
 def test_resume_refuses_a_different_model(tmp_path):
-    quiet(fresh_model(), windows(), dataclasses.replace(RUN, max_steps=1, warmup_steps=0), out_dir=tmp_path)
+    one_step = dataclasses.replace(RUN, max_steps=1, warmup_steps=0)
+    quiet(fresh_model(), windows(), one_step, out_dir=tmp_path)
     other = MODEL.replace(emb_dim=64)
     with pytest.raises(TrainingError, match="holds a model with config"):
         quiet(fresh_model(other), windows(), RUN, out_dir=tmp_path)

@@ -14,7 +14,7 @@ import math
 import numpy
 
 from tinygpt import backend, kernels
-from tinygpt.tensor import Tensor, _is_float
+from tinygpt.tensor import Tensor, _is_float, _same_backend
 
 
 def _tensor(x) -> Tensor:
@@ -109,6 +109,7 @@ def layer_norm(x, weight, bias, eps=1e-5) -> Tensor:
     """Normalise the last axis of x (..., C) to mean 0, variance 1, then scale and shift."""
     x, weight, bias = _tensor(x), _tensor(weight), _tensor(bias)
     _require_float(x, "layer_norm")
+    _same_backend((x, weight, bias), "layer_norm")
     C = x.shape[-1]
     if weight.shape != (C,) or bias.shape != (C,):
         raise ValueError(f"layer_norm: input has {C} channels, so weight and bias must have "
@@ -135,11 +136,16 @@ def linear(x, weight, bias=None) -> Tensor:
     plain matrix products: dx = g @ W and dW = g^T @ x (summed over all B*T rows at once).
     """
     x, weight = _tensor(x), _tensor(weight)
+    bias = None if bias is None else _tensor(bias)
     _require_float(x, "linear")
+    _same_backend((x, weight) if bias is None else (x, weight, bias), "linear")
     out_features, in_features = weight.shape
     if x.shape[-1] != in_features:
         raise ValueError(f"linear: input has {x.shape[-1]} features in its last dimension, "
                          f"but the weight {weight.shape} expects {in_features}")
+    if bias is not None and bias.shape != (out_features,):
+        raise ValueError(f"linear: the weight {weight.shape} gives {out_features} features, "
+                         f"so the bias must have shape ({out_features},); got {bias.shape}")
     x2d = x.data.reshape(-1, in_features)  # (N, in)
     y = x2d @ weight.data.T  # (N, out)
     if bias is not None:
@@ -218,6 +224,7 @@ def scaled_dot_product_attention(q, k, v, causal=True, dropout_p=0.0, training=F
     q, k, v = _tensor(q), _tensor(k), _tensor(v)
     for name, t in (("q", q), ("k", k), ("v", v)):
         _require_float(t, "scaled_dot_product_attention", name)
+    _same_backend((q, k, v), "scaled_dot_product_attention")
     if q.ndim < 2 or k.shape != v.shape or q.shape[:-2] != k.shape[:-2] \
             or q.shape[-1] != k.shape[-1] or q.shape[-2] > k.shape[-2]:
         raise ValueError(

@@ -106,6 +106,12 @@ def _broadcast_shape(a, b, op):
         ) from None
 
 
+def _graph_freed(g):
+    """The backward of a node whose graph a backward() pass has already freed."""
+    raise RuntimeError("backward() through a graph that was already freed; call the first "
+                       "backward(retain_graph=True) to backpropagate twice")
+
+
 class Tensor:
     """An array with an optional gradient and the graph edges that produced it."""
 
@@ -191,7 +197,7 @@ class Tensor:
     @staticmethod
     def _make(data, parents, op) -> Tensor:
         """The result of an op: it joins the graph if grad is on and a parent needs grad."""
-        if not isinstance(data, backend.active().array_type):
+        if not backend.is_array(data):  # not just the active backend's: x.to("cupy").T
             data = backend.xp().asarray(data)  # NumPy reductions return scalars, not arrays
         out = Tensor.__new__(Tensor)
         out.data, out.grad, out._backward, out._op = data, None, None, op
@@ -229,9 +235,12 @@ class Tensor:
                 )
 
         grads = {id(self): gradient}
-        for node in self._topological_order():
+        order = self._topological_order()
+        while order:
+            node = order.pop()  # popped, so a processed node can be freed (see below)
             g = grads.pop(id(node))
-            if not node._parents:  # a leaf: keep the gradient, summed over backward calls
+            if not node._parents and node._backward is None:
+                # a leaf: keep the gradient, summed over backward calls
                 node.grad = g if node.grad is None else node.grad + g
                 continue
             if node._backward is None:
@@ -246,10 +255,13 @@ class Tensor:
                 key = id(parent)
                 grads[key] = pg if key not in grads else grads[key] + pg
             if not retain_graph:
-                node._backward = None
+                # Free as we go: the backward closure (and the arrays it saved) and the edges
+                # to the parents, so activations are released during the pass, not after it.
+                node._backward, node._parents = _graph_freed, ()
 
     def _topological_order(self):
-        """Nodes that need grad, each after every node that uses it (iterative DFS)."""
+        """Nodes that need grad, each before every node that uses it (iterative DFS);
+        the list ends with ``self``."""
         order, visited = [], set()
         stack = [(self, False)]
         while stack:
@@ -264,7 +276,7 @@ class Tensor:
             for parent in node._parents:
                 if parent.requires_grad and id(parent) not in visited:
                     stack.append((parent, False))
-        return reversed(order)
+        return order
 
     def zero_grad(self) -> None:
         self.grad = None
@@ -413,10 +425,10 @@ class Tensor:
             a2 = a[None, :] if a.ndim == 1 else a
             b2 = b[:, None] if b.ndim == 1 else b
             g2 = g
+            if b.ndim == 1:  # first: for vector @ vector, g is 0-d and has no axis -2 yet
+                g2 = xp.expand_dims(g2, -1)
             if a.ndim == 1:
                 g2 = xp.expand_dims(g2, -2)
-            if b.ndim == 1:
-                g2 = xp.expand_dims(g2, -1)
             ga = g2 @ xp.swapaxes(b2, -1, -2)
             gb = xp.swapaxes(a2, -1, -2) @ g2
             if a.ndim == 1:
@@ -471,7 +483,8 @@ class Tensor:
             if not keepdims:
                 g = g.reshape(m.shape)
             is_max = self.data == m
-            return (g * is_max / is_max.sum(axis=axis, keepdims=True),)
+            ties = is_max.sum(axis=axis, keepdims=True).astype(g.dtype)  # int would promote
+            return (g * is_max / ties,)
 
         out._set_backward(backward)
         return out
@@ -604,6 +617,7 @@ cat = concatenate
 def stack(tensors, axis=0) -> Tensor:
     """Join tensors along a new axis."""
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
+    _same_backend(tensors, "stack")
     shapes = {t.shape for t in tensors}
     if len(shapes) > 1:
         raise ValueError(f"stack needs tensors of one shape, got {sorted(shapes)}")
@@ -635,6 +649,12 @@ def where(condition, a, b) -> Tensor:
     condition = condition.data if isinstance(condition, Tensor) else condition
     a = a if isinstance(a, Tensor) else Tensor(a)
     b = a._other(b)
+    shapes = (getattr(condition, "shape", ()), a.shape, b.shape)
+    try:
+        numpy.broadcast_shapes(*shapes)
+    except ValueError:
+        raise ValueError("where: condition, a and b of shapes {}, {} and {} cannot be broadcast "
+                         "together".format(*shapes)) from None
     xp = backend.xp()
     out = Tensor._make(xp.where(condition, a.data, b.data), (a, b), "where")
     out._set_backward(lambda g: (xp.where(condition, g, 0), xp.where(condition, 0, g)))

@@ -63,7 +63,8 @@ def cross_entropy_forward(logits, targets, ignore_index):
     safe_targets = xp.where(valid, targets, 0)
     picked = logits[xp.arange(logits.shape[0]), safe_targets]
     count = valid.sum()
-    loss = xp.where(valid, lse - picked, 0).sum() / count  # nan if every row is ignored
+    total = xp.where(valid, lse - picked, 0).sum()
+    loss = xp.where(count > 0, total / xp.maximum(count, 1), xp.nan)  # nan if all ignored
     return loss.astype(logits.dtype), lse
 
 
@@ -76,7 +77,7 @@ def cross_entropy_backward(logits, targets, lse, ignore_index, dloss):
     dlogits = xp.exp(logits - lse[:, None])
     rows = xp.arange(logits.shape[0])
     dlogits[rows, xp.where(valid, targets, 0)] -= 1
-    dlogits *= (dloss / count) * valid[:, None]
+    dlogits *= (dloss / xp.maximum(count, 1)) * valid[:, None]  # all ignored: zeros
     return dlogits.astype(logits.dtype, copy=False)
 
 
