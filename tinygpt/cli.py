@@ -261,7 +261,9 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="tinygpt", description="A GPT-2 built from NumPy up: generate, train, fine-tune.")
     sub = parser.add_subparsers(dest="command", required=True)
-    for add in (add_generate, add_train, add_info, add_prepare):
+    from tinygpt.finetune import classify
+
+    for add in (add_generate, add_train, add_info, add_prepare, classify.add_parser):
         add(sub)
     return parser
 

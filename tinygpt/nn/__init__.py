@@ -3,9 +3,11 @@
 from tinygpt.nn.attention import KVCache, MultiHeadAttention
 from tinygpt.nn.gpt import FeedForward, GPTModel, TransformerBlock
 from tinygpt.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear
+from tinygpt.nn.lora import LoRALayer, LoRALinear, apply_lora, lora_parameter_report, merge_lora
 from tinygpt.nn.module import Module, Parameter, Sequential
 
 __all__ = [
     "Dropout", "Embedding", "FeedForward", "GELU", "GPTModel", "KVCache", "LayerNorm",
-    "Linear", "Module", "MultiHeadAttention", "Parameter", "Sequential", "TransformerBlock",
+    "Linear", "LoRALayer", "LoRALinear", "Module", "MultiHeadAttention", "Parameter",
+    "Sequential", "TransformerBlock", "apply_lora", "lora_parameter_report", "merge_lora",
 ]

@@ -1,0 +1,119 @@
+"""The book's chapter 6: fine-tune a GPT to tell spam from ham in SMS messages.
+
+    python examples/06_spam_classifier.py                       # GPT-2 124M, as the book
+    python examples/06_spam_classifier.py --model scratch       # no weights needed
+    python examples/06_spam_classifier.py --data SMSSpamCollection.tsv --lora-rank 16
+
+Without ``--data`` the SMS Spam Collection is downloaded once from the UCI archive
+(https://archive.ics.uci.edu/static/public/228/sms+spam+collection.zip) into
+~/.cache/tinygpt. The messages are balanced (747 ham, 747 spam), split 70/10/20 and
+tokenized with GPT-2's BPE; the model gets a 2-class head read at each message's last real
+token. Prints losses and accuracies while training, the final test accuracy, a few example
+classifications, and saves the classifier and its loss/accuracy plot to ``--out``.
+
+``--model`` takes what ``tinygpt generate --model`` takes (a GPT-2 name, a Hugging Face
+directory, a run of ``tinygpt train``), or ``scratch``: a small random GPT (4 layers, 256
+dims, context 128, GPT-2's vocabulary) trained on the classification task alone, all layers
+trainable. The book reaches 95.67% test accuracy with GPT-2 124M after 5 epochs; results
+depend on the seed.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import tinygpt
+from tinygpt.finetune.classify import (
+    ClassifierTrainConfig,
+    classify,
+    download_sms_spam,
+    finetune_classifier,
+    sms_spam_splits,
+)
+from tinygpt.weights import atomic_write
+
+EXAMPLES = [
+    "You are a winner you have been specially selected to receive $1000 cash or a $2000 "
+    "award.",
+    "Hey, just wanted to check if we're still on for dinner tonight? Let me know!",
+]
+
+
+def scratch_model(args):
+    cfg = tinygpt.GPTConfig(vocab_size=50257, context_length=args.scratch_context,
+                            emb_dim=args.scratch_dim, n_heads=args.scratch_heads,
+                            n_layers=args.scratch_layers, drop_rate=args.dropout,
+                            qkv_bias=False)
+    tinygpt.manual_seed(args.seed)
+    from tinygpt.nn import GPTModel
+
+    return GPTModel(cfg)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default=None,
+                        help="the SMS Spam Collection as 'label<TAB>text' lines (default: "
+                             "download it once)")
+    parser.add_argument("--model", default="gpt2",
+                        help="gpt2 (default), another GPT-2 name or local model, or 'scratch'")
+    parser.add_argument("--out", default="runs/spam-classifier",
+                        help="where the classifier, plot and results.json go")
+    parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
+    parser.add_argument("--batch-size", type=int, default=8, help="messages per step")
+    parser.add_argument("--lr", type=float, default=None,
+                        help="AdamW learning rate (default 5e-5 as the book; 5e-4 for scratch)")
+    parser.add_argument("--trainable", default=None,
+                        help="all, head, last-block or last-N (default: last-block, as the "
+                             "book; all for scratch)")
+    parser.add_argument("--max-length", type=int, default=None,
+                        help="cut messages to this many tokens (default: the longest)")
+    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0: no LoRA)")
+    parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha")
+    parser.add_argument("--eval-freq", type=int, default=50, help="steps between loss checks")
+    parser.add_argument("--seed", type=int, default=123, help="random seed (default 123)")
+    parser.add_argument("--scratch-layers", type=int, default=4, help="scratch: blocks")
+    parser.add_argument("--scratch-dim", type=int, default=256, help="scratch: emb_dim")
+    parser.add_argument("--scratch-heads", type=int, default=4, help="scratch: heads")
+    parser.add_argument("--scratch-context", type=int, default=128,
+                        help="scratch: context length (longer messages are cut)")
+    parser.add_argument("--dropout", type=float, default=0.0, help="scratch: dropout rate")
+    args = parser.parse_args(argv)
+
+    data = Path(args.data) if args.data else download_sms_spam()
+    train, val, test = sms_spam_splits(data, seed=args.seed)
+    scratch = args.model == "scratch"
+    if scratch:
+        gpt = scratch_model(args)
+    else:
+        from tinygpt.cli import load_model_and_tokenizer
+
+        try:
+            gpt, _ = load_model_and_tokenizer(args.model)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise SystemExit(f"could not load --model {args.model}: {err}\n"
+                             "(no GPT-2 weights here? try --model scratch)") from None
+    cfg = ClassifierTrainConfig(
+        epochs=args.epochs, batch_size=args.batch_size,
+        lr=args.lr if args.lr is not None else (5e-4 if scratch else 5e-5),
+        trainable=args.trainable or ("all" if scratch else "last-block"),
+        max_length=args.max_length, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        eval_freq=args.eval_freq, seed=args.seed)
+    print(f"model: {args.model}, {gpt.cfg}")
+    start = time.perf_counter()
+    model, results = finetune_classifier(gpt, train, val, test, cfg, out_dir=args.out)
+    seconds = time.perf_counter() - start
+    for text in EXAMPLES:
+        print(f"{classify(model, text)!r:7} <- {text}")
+    summary = {k: v for k, v in results.items() if k != "history"}
+    summary.update(model=args.model, model_config=gpt.cfg.to_dict(), wall_seconds=seconds)
+    out = Path(args.out)
+    atomic_write(out / "results.json",
+                 lambda tmp: Path(tmp).write_text(json.dumps(summary, indent=2)))
+    print(f"test accuracy {results['test_accuracy'] * 100:.2f}% in {seconds:.0f} s "
+          f"(the book: 95.67% with GPT-2 124M, 5 epochs); saved to {out}")
+
+
+if __name__ == "__main__":
+    main()
