@@ -74,7 +74,9 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["info", "gpt5"]) == 1
 
 
-@pytest.mark.parametrize("command", ["generate", "train", "info", "prepare"])
+@pytest.mark.parametrize("command", ["generate", "train", "info", "prepare", "chat", "judge",
+                                     "finetune-classifier", "finetune-instruct",
+                                     "finetune-dpo"])
 def test_every_option_is_explained(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:

@@ -261,9 +261,10 @@ def build_parser():
     parser = argparse.ArgumentParser(
         prog="tinygpt", description="A GPT-2 built from NumPy up: generate, train, fine-tune.")
     sub = parser.add_subparsers(dest="command", required=True)
-    from tinygpt.finetune import classify
+    from tinygpt.finetune import classify, instruct
 
-    for add in (add_generate, add_train, add_info, add_prepare, classify.add_parser):
+    for add in (add_generate, add_train, add_info, add_prepare, classify.add_parser,
+                instruct.add_parsers):
         add(sub)
     return parser
 
