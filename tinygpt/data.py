@@ -17,7 +17,6 @@ from __future__ import annotations
 import codecs
 import math
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -25,6 +24,7 @@ import numpy as np
 import regex
 from tqdm.auto import tqdm
 
+from tinygpt.fileio import atomic_path
 from tinygpt.tokenizer import gpt2_encoding
 
 # ---------------------------------------------------------------------------------------------
@@ -251,24 +251,18 @@ def prepare_token_file(
     vocab_size = _vocab_size_of(tokenizer)
     if vocab_size is not None and vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:
         raise ValueError(f"vocab_size {vocab_size} does not fit in a uint16 token file (max 65536)")
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.")
-    try:
-        n_tokens = _write_tokens(text_path, handle, tokenizer, chunk_chars, vocab_size)
+    with atomic_path(out_path) as temporary:
+        n_tokens = _write_tokens(text_path, temporary, tokenizer, chunk_chars, vocab_size)
         if n_tokens == 0:
             raise ValueError(f"{text_path} is empty: there is nothing to tokenize")
-        os.replace(temporary, out_path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return out_path
 
 
-def _write_tokens(text_path: Path, handle: int, tokenizer, chunk_chars: int, vocab_size) -> int:
-    """Encode the text chunk by chunk and append the ids to the open file ``handle``."""
+def _write_tokens(text_path: Path, out_path, tokenizer, chunk_chars: int, vocab_size) -> int:
+    """Encode the text chunk by chunk and write the ids to ``out_path``."""
     n_tokens = 0
     with (
-        os.fdopen(handle, "wb") as out,
+        open(out_path, "wb") as out,
         tqdm(
             total=text_path.stat().st_size,
             unit="B",

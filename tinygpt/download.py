@@ -10,10 +10,11 @@ import hashlib
 import http.client
 import os
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
+
+from tinygpt.fileio import atomic_path
 
 DEFAULT_CACHE_DIR = Path.home() / ".cache" / "tinygpt"
 
@@ -37,16 +38,9 @@ def download_file(
     DownloadError and leaves no file.
     """
     dest_path = Path(dest_path)
-    dest_path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=dest_path.parent, prefix=f".{dest_path.name}.")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            size, sha256 = _stream(url, out, timeout)
+    with atomic_path(dest_path) as temporary, open(temporary, "wb") as out:
+        size, sha256 = _stream(url, out, timeout)
         _check(url, size, sha256, expected_size, expected_sha256)
-        os.replace(temporary, dest_path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
     return dest_path
 
 

@@ -30,13 +30,14 @@ import hashlib
 import importlib.resources
 import json
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import regex
 import tiktoken
+
+from tinygpt.fileio import atomic_write_text
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -530,8 +531,8 @@ class BPETokenizer:
         merges = "".join(
             f"{_bytes_to_symbols(left)} {_bytes_to_symbols(right)}\n" for left, right in self.merges
         )
-        _write_atomic(folder / "encoder.json", json.dumps(encoder, ensure_ascii=False))
-        _write_atomic(folder / "vocab.bpe", "#version: 0.2\n" + merges)
+        atomic_write_text(folder / "encoder.json", json.dumps(encoder, ensure_ascii=False))
+        atomic_write_text(folder / "vocab.bpe", "#version: 0.2\n" + merges)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BPETokenizer:
@@ -549,19 +550,6 @@ class BPETokenizer:
 def _replace_surrogates(text: str) -> str:
     """Replace lone surrogates (which UTF-8 cannot encode) by U+FFFD, as tiktoken does."""
     return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and a rename."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
 
 
 # --------------------------------------------------------------------------------------------
@@ -658,7 +646,7 @@ class CharTokenizer:
         return "".join(self.chars[i] for i in ids)
 
     def save(self, path: str | os.PathLike) -> None:
-        _write_atomic(Path(path), json.dumps({"type": "char", "chars": self.chars}))
+        atomic_write_text(Path(path), json.dumps({"type": "char", "chars": self.chars}))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
@@ -675,7 +663,7 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
     if isinstance(tokenizer, CharTokenizer):
         tokenizer.save(path)
     else:
-        _write_atomic(path, json.dumps({"type": "gpt2"}))
+        atomic_write_text(path, json.dumps({"type": "gpt2"}))
 
 
 def load_tokenizer(directory: str | os.PathLike | None):

@@ -29,11 +29,11 @@ from safetensors.numpy import load_file, save_file
 from tinygpt import backend
 from tinygpt import functional as F
 from tinygpt.config import GPTConfig
+from tinygpt.fileio import atomic_write
 from tinygpt.generate import generate
 from tinygpt.nn.gpt import GPTModel
 from tinygpt.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_lr
 from tinygpt.tensor import no_grad
-from tinygpt.weights import atomic_write
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 

@@ -36,12 +36,12 @@ import numpy
 from tinygpt import backend
 from tinygpt import functional as F
 from tinygpt.config import GPTConfig
+from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.nn.gpt import GPTModel
 from tinygpt.nn.layers import Linear
 from tinygpt.nn.lora import LoRALinear, apply_lora, lora_parameter_report
 from tinygpt.nn.module import Module
 from tinygpt.tensor import Tensor, no_grad
-from tinygpt.weights import atomic_write
 
 LABELS = ("ham", "spam")  # class 0, class 1 (the book's "not spam" / "spam")
 PAD_TOKEN_ID = 50256  # GPT-2's <|endoftext|>, the book's padding token
@@ -533,8 +533,7 @@ def save_classifier(model: ClassifierModel, directory) -> Path:
     }
     atomic_write(directory / WEIGHTS_NAME,
                  lambda tmp: save_file(tensors, tmp, metadata={"format": FORMAT}))
-    atomic_write(directory / CONFIG_NAME,
-                 lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write_text(directory / CONFIG_NAME, json.dumps(config, indent=2))
     return directory
 
 

@@ -348,11 +348,9 @@ def generate_responses(model, tokenizer, entries, max_new_tokens=256, eos_id=PAD
 
 def save_json(data, path) -> Path:
     """Write ``data`` as indented JSON, atomically (a temporary file, then a rename)."""
-    from tinygpt.weights import atomic_write
+    from tinygpt.fileio import atomic_write_text
 
-    text = json.dumps(data, indent=4, ensure_ascii=False)
-    atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
-    return Path(path)
+    return atomic_write_text(path, json.dumps(data, indent=4, ensure_ascii=False))
 
 
 def save_model(model, out_dir, tokenizer=None) -> Path:
