@@ -85,7 +85,8 @@ def stream(model, ids, max_new_tokens, context_size=None, temperature=0.0, top_k
     """Yield the next token of every sequence, (B,) int64, one step at a time.
 
     Stops after ``max_new_tokens`` or when every sequence has produced ``eos_id``; a
-    sequence that is done keeps receiving ``eos_id`` (as padding) until all are.
+    sequence that is done keeps receiving ``eos_id`` (as padding) until all are. Arguments
+    are checked here, before the first step is asked for.
     """
     ids = _as_batch(ids)
     context = model.cfg.context_length
@@ -93,7 +94,16 @@ def stream(model, ids, max_new_tokens, context_size=None, temperature=0.0, top_k
     if not 1 <= context_size <= context:
         raise ValueError(f"context_size must be between 1 and the model's context length "
                          f"{context}, got {context_size}")
+    if max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
     _check_sampling_args(temperature, top_k, top_p, model.cfg.vocab_size)
+    return _steps(model, ids, max_new_tokens, context_size, temperature, top_k, top_p,
+                  eos_id, use_cache)
+
+
+def _steps(model, ids, max_new_tokens, context_size, temperature, top_k, top_p, eos_id,
+           use_cache):
+    """The generator behind ``stream``, its arguments already checked."""
     xp = backend.xp()
     done = xp.zeros(ids.shape[0], dtype=bool)
     was_training = model.training

@@ -25,8 +25,6 @@ file cannot run code), and every write goes to a temporary name first, then is r
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy
@@ -35,6 +33,7 @@ from safetensors.numpy import load_file, save_file
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
+from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.nn.gpt import GPTModel
 
 HUB_REPOS = {
@@ -113,8 +112,10 @@ def hf_to_tinygpt(tensors: dict, cfg: GPTConfig) -> dict:
             b + "ff.layers.0.bias": tensors[h + "mlp.c_fc.bias"],
             b + "ff.layers.2.weight": tensors[h + "mlp.c_proj.weight"].T,
             b + "ff.layers.2.bias": tensors[h + "mlp.c_proj.bias"],
-            b + "norm1.scale": tensors[h + "ln_1.weight"], b + "norm1.shift": tensors[h + "ln_1.bias"],
-            b + "norm2.scale": tensors[h + "ln_2.weight"], b + "norm2.shift": tensors[h + "ln_2.bias"],
+            b + "norm1.scale": tensors[h + "ln_1.weight"],
+            b + "norm1.shift": tensors[h + "ln_1.bias"],
+            b + "norm2.scale": tensors[h + "ln_2.weight"],
+            b + "norm2.shift": tensors[h + "ln_2.bias"],
         })
     state["out_head.weight"] = tensors.get("lm_head.weight", tensors["wte.weight"])
     return state
@@ -168,7 +169,8 @@ def _expected_hf_shapes(cfg: GPTConfig) -> dict:
 def _check_tensors(tensors: dict, cfg: GPTConfig, source) -> None:
     """Every expected tensor present with the right shape, nothing unexpected."""
     expected = _expected_hf_shapes(cfg)
-    optional = {"lm_head.weight"}  # tied checkpoints may or may not store the head
+    # Tied checkpoints may or may not store the head; an untied one must.
+    optional = {"lm_head.weight"} if cfg.tie_embeddings else set()
     missing = [k for k in expected if k not in tensors and k not in optional]
     unexpected = [k for k in tensors if k not in expected and k not in optional]
     wrong = [f"{k} {tuple(tensors[k].shape)} (expected {expected[k]})"
@@ -251,22 +253,6 @@ def load_gpt2(name_or_path, dtype="float32") -> GPTModel:
 
 # ----------------------------------------------------------------------------- writing
 
-def atomic_write(path, write) -> None:
-    """Call ``write(tmp_path)`` then rename tmp_path to ``path``: readers never see a
-    half-written file, and a failed write leaves the old file (if any) untouched."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def save_pretrained(model: GPTModel, directory) -> Path:
     """Write ``model`` as config.json + model.safetensors in Hugging Face's GPT-2 layout,
     loadable by ``transformers.GPT2LMHeadModel.from_pretrained`` and by ``load_gpt2``."""
@@ -280,8 +266,7 @@ def save_pretrained(model: GPTModel, directory) -> Path:
     config = config_to_hf(cfg.replace(tie_embeddings=model.weights_tied))
     atomic_write(directory / "model.safetensors",
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write(directory / "config.json",
-                 lambda tmp: Path(tmp).write_text(json.dumps(config, indent=2)))
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
     return directory
 
 
@@ -307,8 +292,12 @@ def download_gpt2(name: str) -> Path:
         try:
             paths.append(Path(hf_hub_download(HUB_REPOS[name], filename)))
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
+            reason = str(err).strip().rstrip(".")
+            if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+                # "not in the cache" hides why the hub failed: its status or socket error
+                reason += f" (because: {str(err.__cause__).strip().rstrip('.')})"
             raise CheckpointError(
                 f"could not download {filename} of {name} from the Hugging Face hub "
-                f"({HUB_REPOS[name]}): {err}. Check the network, or pass a local directory "
-                "holding config.json and model.safetensors") from None
+                f"({HUB_REPOS[name]}): {reason}. Check the network, or pass a local "
+                "directory holding config.json and model.safetensors") from None
     return paths[0].parent
