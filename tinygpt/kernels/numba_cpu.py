@@ -1,3 +1,579 @@
-"""Numba CPU kernels (placeholder: re-exports the reference until the kernels land)."""
+"""Numba CPU kernels for the hot paths: the same functions, signatures and results as
+``tinygpt.kernels.reference``, so a caller can swap one module for the other.
 
-from tinygpt.kernels.reference import *  # noqa: F401,F403
+Each public function is a thin wrapper: it checks and flattens its inputs to C-contiguous
+(N, C) rows (any leading dimensions, float32 or float64, the input dtype kept; other dtypes
+and empty arrays go to the reference), allocates the outputs and calls an ``@numba.njit``
+kernel that loops over rows in parallel (``numba.prange``) and writes into those outputs.
+One pass over a row does what the reference does in several whole-array passes with
+temporaries, as llm.c does. Shapes use llm.c's names: B batch, T tokens, C channels,
+V vocabulary, H heads, D head size, N rows.
+
+Threads: the kernels take turns with NumPy's BLAS threads on the same cores. So small inputs
+run on the calling thread only (``_launch``), the attention kernels (which sit between two
+matrix products) always do, and OpenMP is asked to wait passively between kernels (see
+``OMP_WAIT_POLICY`` below).
+
+Accuracy: sums over a row (softmax denominators, layer-norm mean and variance, dot products)
+accumulate in float64; ``fastmath`` stays off, so results do not depend on how LLVM
+vectorizes. ``_exp`` is written out below because Numba's ``np.exp`` calls the scalar C
+library one element at a time (no SIMD without Intel's SVML), which made softmax no faster
+than NumPy's SIMD ``exp``; the version here vectorizes and is within 2 ulp of ``np.exp``.
+
+A kernel stays only if ``benchmarks/kernels.py`` shows it faster than the reference (every
+kernel here did, on 2 cores, at GPT-2 small shapes); one that stops being faster should be
+replaced by a re-export of the reference function.
+"""
+
+import math
+import os
+
+import numba
+import numpy as np
+from numba import prange, types
+from numba.extending import overload
+
+from tinygpt.kernels import reference
+from tinygpt.kernels.reference import GELU_CUBIC, GELU_SCALE, causal_mask  # noqa: F401
+
+# Numba's OpenMP threads spin after each parallel kernel by default, and on a small machine
+# that spinning takes the cores from the BLAS threads of the next matrix product (measured on
+# 2 cores: GELU after a 512x768x3072 matmul cost 4 ms instead of 0.7 ms). Waiting passively
+# costs about 50 us per kernel launch instead. OpenMP reads this when Numba first starts its
+# threads (not at import); an OMP_WAIT_POLICY already in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+_FLOATS = (np.dtype(np.float32), np.dtype(np.float64))
+_SERIAL_BELOW = 1 << 17  # elements; measured break-even on 2 cores
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def _common_float(*arrays):
+    """The dtype the reference would compute in, or None where the Numba kernels do not
+    apply (other dtypes, empty arrays): the wrappers then call the reference."""
+    dtype = np.result_type(*arrays)
+    return dtype if dtype in _FLOATS and all(a.size for a in arrays) else None
+
+
+def _launch(kernel, size, *args):
+    """Run a parallel kernel over ``size`` elements; below _SERIAL_BELOW on this thread only,
+    where waking the other threads (about 50 us with passive waiting) would cost more than
+    they save."""
+    if size >= _SERIAL_BELOW:
+        kernel(*args)
+        return
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        kernel(*args)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def _rows(x, dtype):
+    """x (..., C) -> C-contiguous (N, C) array of ``dtype`` (a view when nothing changes)."""
+    x = np.ascontiguousarray(x, dtype=dtype)
+    return x.reshape(math.prod(x.shape[:-1]), x.shape[-1])
+
+
+def _exp(x):
+    """e**x for one float32 or float64 number, in a form LLVM vectorizes (see _exp_typed)."""
+    raise NotImplementedError("only callable from Numba-compiled code")
+
+
+@overload(_exp)
+def _exp_typed(x):
+    """Cephes-style exp: x = k ln2 + r with |r| <= ln2 / 2, exp(r) by a polynomial, 2**k
+    built from exponent bits (as two factors 2**a 2**b, so that results near the overflow and
+    denormal ends come out right). Out-of-range x clamps to where exp is already inf or 0."""
+    if x == types.float32:
+        f32 = np.float32
+
+        def exp_float32(x):
+            xc = min(max(x, f32(-110.0)), f32(89.0))
+            k = np.floor(xc * f32(1.4426950408889634) + f32(0.5))
+            r = xc - k * f32(0.693359375) - k * f32(-2.12194440e-4)  # ln2 split in two parts
+            p = (((((f32(1.9875691500e-4) * r + f32(1.3981999507e-3)) * r
+                    + f32(8.3334519073e-3)) * r + f32(4.1665795894e-2)) * r
+                  + f32(1.6666665459e-1)) * r + f32(5.0000001201e-1)) * (r * r) + r + f32(1.0)
+            a = np.int32(k) >> 1
+            b = np.int32(k) - a
+            two_a = np.int32((a + 127) << 23).view(np.float32)
+            two_b = np.int32((b + 127) << 23).view(np.float32)
+            return p * two_a * two_b if x == x else x  # NaN stays NaN
+
+        return exp_float32
+    if x == types.float64:
+
+        def exp_float64(x):
+            xc = min(max(x, -750.0), 710.0)
+            k = np.floor(xc * 1.4426950408889634 + 0.5)
+            r = xc - k * 6.93147180369123816490e-01 - k * 1.90821492927058770002e-10
+            # Taylor series to r**13: the remainder is below 1e-17 for |r| <= ln2 / 2.
+            p = 1.0 + r * (1.0 + r * (1 / 2 + r * (1 / 6 + r * (1 / 24 + r * (
+                1 / 120 + r * (1 / 720 + r * (1 / 5040 + r * (1 / 40320 + r * (
+                    1 / 362880 + r * (1 / 3628800 + r * (1 / 39916800 + r * (
+                        1 / 479001600 + r / 6227020800))))))))))))
+            a = np.int64(k) >> 1
+            b = np.int64(k) - a
+            two_a = np.int64((a + 1023) << 52).view(np.float64)
+            two_b = np.int64((b + 1023) << 52).view(np.float64)
+            return p * two_a * two_b if x == x else x
+
+        return exp_float64
+    return None
+
+
+@numba.njit(cache=True)
+def _row_max(a):
+    """max of a 1-D array; eight running maxima, so that the compares overlap."""
+    n, m0 = a.size, a[0]
+    m1 = m2 = m3 = m4 = m5 = m6 = m7 = m0
+    for i in range(0, n - n % 8, 8):
+        m0, m1, m2, m3 = max(m0, a[i]), max(m1, a[i + 1]), max(m2, a[i + 2]), max(m3, a[i + 3])
+        m4, m5, m6, m7 = max(m4, a[i + 4]), max(m5, a[i + 5]), max(m6, a[i + 6]), max(m7, a[i + 7])
+    m = max(max(max(m0, m1), max(m2, m3)), max(max(m4, m5), max(m6, m7)))
+    for i in range(n - n % 8, n):
+        m = max(m, a[i])
+    return m
+
+
+@numba.njit(cache=True)
+def _row_dot(a, b):
+    """sum(a * b) of two 1-D arrays in float64; eight partial sums, so that the adds overlap
+    (a fixed order: the same result on every run)."""
+    n = a.size
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for i in range(0, n - n % 8, 8):
+        s0 += np.float64(a[i]) * b[i]
+        s1 += np.float64(a[i + 1]) * b[i + 1]
+        s2 += np.float64(a[i + 2]) * b[i + 2]
+        s3 += np.float64(a[i + 3]) * b[i + 3]
+        s4 += np.float64(a[i + 4]) * b[i + 4]
+        s5 += np.float64(a[i + 5]) * b[i + 5]
+        s6 += np.float64(a[i + 6]) * b[i + 6]
+        s7 += np.float64(a[i + 7]) * b[i + 7]
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for i in range(n - n % 8, n):
+        total += np.float64(a[i]) * b[i]
+    return total
+
+
+@numba.njit(cache=True)
+def _row_sum(a):
+    """sum(a) of a 1-D array in float64; eight partial sums, as _row_dot."""
+    n = a.size
+    s0 = s1 = s2 = s3 = s4 = s5 = s6 = s7 = 0.0
+    for i in range(0, n - n % 8, 8):
+        s0, s1, s2, s3 = s0 + a[i], s1 + a[i + 1], s2 + a[i + 2], s3 + a[i + 3]
+        s4, s5, s6, s7 = s4 + a[i + 4], s5 + a[i + 5], s6 + a[i + 6], s7 + a[i + 7]
+    total = ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+    for i in range(n - n % 8, n):
+        total += a[i]
+    return total
+
+
+@numba.njit(cache=True)
+def _normalize(y):
+    """y /= sum(y) for one row, the sum in float64."""
+    inv = 1.0 / _row_sum(y)
+    for c in range(y.size):
+        y[c] = y[c] * inv
+
+
+# ----------------------------------------------------------------------------- softmax
+
+@numba.njit(cache=True, parallel=True)
+def _softmax_forward(x, y):
+    """x (N, C) -> y (N, C), row by row in parallel."""
+    for n in prange(x.shape[0]):
+        xn, yn = x[n], y[n]
+        m = _row_max(xn)
+        for c in range(xn.size):
+            yn[c] = _exp(xn[c] - m)
+        _normalize(yn)
+
+
+@numba.njit(cache=True, parallel=True)
+def _softmax_backward(y, dy, dx):
+    """y, dy (N, C) -> dx (N, C) = y * (dy - sum(dy * y)) per row."""
+    for n in prange(y.shape[0]):
+        d = _row_dot(dy[n], y[n])
+        for c in range(y.shape[1]):
+            dx[n, c] = y[n, c] * (dy[n, c] - d)
+
+
+def softmax_forward(x):
+    """Softmax over the last axis of x (..., C); see ``reference.softmax_forward``."""
+    dtype = _common_float(x)
+    if dtype is None:
+        return reference.softmax_forward(x)
+    rows = _rows(x, dtype)
+    y = np.empty_like(rows)
+    _launch(_softmax_forward, rows.size, rows, y)
+    return y.reshape(x.shape)
+
+
+def softmax_backward(y, dy):
+    """dx from the softmax output y and upstream dy, both (..., C)."""
+    dtype = _common_float(y, dy)
+    if dtype is None:
+        return reference.softmax_backward(y, dy)
+    rows = _rows(y, dtype)
+    dx = np.empty_like(rows)
+    _launch(_softmax_backward, rows.size, rows, _rows(dy, dtype), dx)
+    return dx.reshape(y.shape)
+
+
+# ----------------------------------------------------------------------------- log-softmax
+
+@numba.njit(cache=True, parallel=True)
+def _log_softmax_forward(x, logy):
+    """x (N, C) -> logy (N, C) = x - max - log(sum(exp(x - max))) per row."""
+    for n in prange(x.shape[0]):
+        xn, out = x[n], logy[n]
+        m = _row_max(xn)
+        for c in range(xn.size):
+            out[c] = _exp(xn[c] - m)  # scratch: the exponentials, overwritten below
+        log_sum = math.log(_row_sum(out))
+        for c in range(xn.size):
+            out[c] = (xn[c] - m) - log_sum
+
+
+@numba.njit(cache=True, parallel=True)
+def _log_softmax_backward(logy, dlogy, dx):
+    """logy, dlogy (N, C) -> dx (N, C) = dlogy - exp(logy) * sum(dlogy) per row."""
+    for n in prange(logy.shape[0]):
+        total = _row_sum(dlogy[n])
+        for c in range(logy.shape[1]):
+            dx[n, c] = dlogy[n, c] - _exp(logy[n, c]) * total
+
+
+def log_softmax_forward(x):
+    """log(softmax(x)) over the last axis of x (..., C), without forming softmax(x)."""
+    dtype = _common_float(x)
+    if dtype is None:
+        return reference.log_softmax_forward(x)
+    rows = _rows(x, dtype)
+    logy = np.empty_like(rows)
+    _launch(_log_softmax_forward, rows.size, rows, logy)
+    return logy.reshape(x.shape)
+
+
+def log_softmax_backward(logy, dlogy):
+    """dx from the log-softmax output logy and upstream dlogy, both (..., C)."""
+    dtype = _common_float(logy, dlogy)
+    if dtype is None:
+        return reference.log_softmax_backward(logy, dlogy)
+    rows = _rows(logy, dtype)
+    dx = np.empty_like(rows)
+    _launch(_log_softmax_backward, rows.size, rows, _rows(dlogy, dtype), dx)
+    return dx.reshape(logy.shape)
+
+
+# ----------------------------------------------------------------------------- cross-entropy
+
+_CE_CHUNK = 512  # exponentials are summed in chunks this long, kept in L1 cache
+
+
+@numba.njit(cache=True, parallel=True)
+def _cross_entropy_forward(logits, targets, ignore_index, losses, lse):
+    """logits (N, V), targets (N,) -> losses (N,) float64 (0 where ignored), lse (N,).
+
+    One row at a time: max, then the sum of exp(logit - max) chunk by chunk, never holding
+    the (N, V) probabilities."""
+    N, V = logits.shape
+    for n in prange(N):
+        row = logits[n]
+        m = _row_max(row)
+        chunk = np.empty(min(V, _CE_CHUNK), dtype=logits.dtype)
+        total = 0.0
+        for start in range(0, V, _CE_CHUNK):
+            stop = min(start + _CE_CHUNK, V)
+            for v in range(start, stop):
+                chunk[v - start] = _exp(row[v] - m)
+            total += _row_sum(chunk[: stop - start])
+        row_lse = m + math.log(total)
+        lse[n] = row_lse
+        t = targets[n]
+        losses[n] = 0.0 if t == ignore_index else row_lse - row[t]
+
+
+@numba.njit(cache=True, parallel=True)
+def _cross_entropy_backward(logits, targets, lse, ignore_index, scale, dlogits):
+    """logits (N, V), targets (N,), lse (N,) -> dlogits (N, V) =
+    (exp(logits - lse) - onehot(target)) * scale, and 0 on ignored rows."""
+    N, V = logits.shape
+    for n in prange(N):
+        t = targets[n]
+        out = dlogits[n]
+        if t == ignore_index:
+            out[:] = 0
+            continue
+        row, row_lse = logits[n], lse[n]
+        for v in range(V):
+            out[v] = _exp(row[v] - row_lse) * scale
+        out[t] = (_exp(row[t] - row_lse) - 1) * scale
+
+
+def _check_targets(targets, n_rows, n_classes, ignore_index):
+    """targets as int64 (N,), after checking they index a row of logits."""
+    targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
+    if targets.size != n_rows:
+        raise ValueError(f"cross_entropy: expected {n_rows} targets (one per row of logits), "
+                         f"got {targets.size}")
+    bad = (targets != ignore_index) & ((targets < 0) | (targets >= n_classes))
+    if bad.any():
+        raise IndexError(f"cross_entropy: target {targets[bad][0]} is out of range for "
+                         f"{n_classes} classes (ignore_index={ignore_index})")
+    return targets
+
+
+def cross_entropy_forward(logits, targets, ignore_index):
+    """Mean cross-entropy of logits (N, V) against targets (N,); see the reference.
+    Returns (loss: 0-d array, lse: (N,)); leading dimensions of logits are flattened."""
+    dtype = _common_float(logits)
+    if dtype is None:
+        return reference.cross_entropy_forward(logits, targets, ignore_index)
+    rows = _rows(logits, dtype)
+    targets = _check_targets(targets, rows.shape[0], rows.shape[1], ignore_index)
+    losses = np.empty(rows.shape[0])
+    lse = np.empty(rows.shape[0], dtype=dtype)
+    _launch(_cross_entropy_forward, rows.size, rows, targets, ignore_index, losses, lse)
+    count = np.count_nonzero(targets != ignore_index)
+    with np.errstate(invalid="ignore"):  # every row ignored: 0 / 0 = nan, as the reference
+        loss = np.asarray(losses.sum() / np.float64(count))
+    return loss.astype(dtype), lse.reshape(logits.shape[:-1])
+
+
+def cross_entropy_backward(logits, targets, lse, ignore_index, dloss):
+    """dlogits (same shape as logits) for the mean cross-entropy, in one pass over logits.
+    Rows whose target is ``ignore_index`` get zeros (also when every row is ignored)."""
+    dtype = _common_float(logits)
+    if dtype is None:
+        return reference.cross_entropy_backward(logits, targets, lse, ignore_index, dloss)
+    rows = _rows(logits, dtype)
+    targets = _check_targets(targets, rows.shape[0], rows.shape[1], ignore_index)
+    count = np.count_nonzero(targets != ignore_index)
+    scale = dtype.type(float(dloss) / count if count else 0.0)
+    dlogits = np.empty_like(rows)
+    lse = np.ascontiguousarray(lse, dtype=dtype).reshape(-1)
+    _launch(_cross_entropy_backward, rows.size, rows, targets, lse, ignore_index, scale,
+            dlogits)
+    return dlogits.reshape(logits.shape)
+
+
+# ----------------------------------------------------------------------------- layer norm
+
+@numba.njit(cache=True, parallel=True)
+def _layernorm_forward(x, weight, bias, eps, y, mean, rstd):
+    """x (N, C), weight and bias (C,) -> y (N, C), mean (N,), rstd (N,); float64 moments."""
+    N, C = x.shape
+    for n in prange(N):
+        xn = x[n]
+        m = _row_sum(xn) / C
+        var = 0.0
+        for c in range(C):
+            var += (xn[c] - m) * (xn[c] - m)
+        r = 1.0 / math.sqrt(var / C + eps)
+        for c in range(C):
+            y[n, c] = (xn[c] - m) * r * weight[c] + bias[c]
+        mean[n] = m
+        rstd[n] = r
+
+
+@numba.njit(cache=True, parallel=True)
+def _layernorm_backward(dy, x, weight, mean, rstd, dx, dweight_parts, dbias_parts):
+    """dy, x (N, C), weight (C,), mean, rstd (N,) -> dx (N, C), and per-part partial sums
+    dweight_parts, dbias_parts (P, C) float64: part p owns a block of rows, so no two
+    threads add into the same numbers; the caller sums the P parts."""
+    N, C = x.shape
+    P = dweight_parts.shape[0]
+    for p in prange(P):
+        dw, db = dweight_parts[p], dbias_parts[p]
+        for n in range(p * N // P, (p + 1) * N // P):
+            m, r = np.float64(mean[n]), np.float64(rstd[n])
+            mean_dxhat = 0.0
+            mean_dxhat_xhat = 0.0
+            for c in range(C):
+                xhat = (x[n, c] - m) * r
+                dxhat = np.float64(dy[n, c]) * weight[c]
+                mean_dxhat += dxhat
+                mean_dxhat_xhat += dxhat * xhat
+                dw[c] += dy[n, c] * xhat
+                db[c] += dy[n, c]
+            mean_dxhat /= C
+            mean_dxhat_xhat /= C
+            for c in range(C):
+                xhat = (x[n, c] - m) * r
+                dxhat = np.float64(dy[n, c]) * weight[c]
+                dx[n, c] = r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
+
+
+def layernorm_forward(x, weight, bias, eps):
+    """Layer norm over the last axis of x (..., C) -> y (..., C), mean (...), rstd (...)."""
+    dtype = _common_float(x, weight, bias)
+    if dtype is None:
+        return reference.layernorm_forward(x, weight, bias, eps)
+    rows = _rows(x, dtype)
+    y = np.empty_like(rows)
+    mean = np.empty(rows.shape[0], dtype=dtype)
+    rstd = np.empty(rows.shape[0], dtype=dtype)
+    _launch(_layernorm_forward, rows.size, rows, _rows(weight, dtype).reshape(-1),
+            _rows(bias, dtype).reshape(-1), float(eps), y, mean, rstd)
+    return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
+
+
+def layernorm_backward(dy, x, weight, mean, rstd):
+    """(dx, dweight, dbias) for layer norm over the last axis; dweight and dbias sum over
+    every leading dimension."""
+    dtype = _common_float(dy, x, weight)
+    if dtype is None:
+        return reference.layernorm_backward(dy, x, weight, mean, rstd)
+    rows = _rows(x, dtype)
+    N, C = rows.shape
+    parts = max(1, min(N, numba.get_num_threads()))
+    dweight_parts = np.zeros((parts, C))
+    dbias_parts = np.zeros((parts, C))
+    dx = np.empty_like(rows)
+    _launch(_layernorm_backward, rows.size, _rows(dy, dtype), rows,
+            _rows(weight, dtype).reshape(-1), np.ascontiguousarray(mean, dtype=dtype).reshape(-1),
+            np.ascontiguousarray(rstd, dtype=dtype).reshape(-1), dx, dweight_parts, dbias_parts)
+    return (dx.reshape(x.shape), dweight_parts.sum(axis=0).astype(dtype),
+            dbias_parts.sum(axis=0).astype(dtype))
+
+
+# ----------------------------------------------------------------------------- GELU
+
+@numba.njit(cache=True, parallel=True)
+def _gelu_forward(x, y):
+    """x, y (N,) flat. 0.5 x (1 + tanh(u)) written as x * sigmoid(2u) = x / (1 + exp(-2u)):
+    one exp instead of a tanh, and no cancellation in 1 + tanh(u) for negative x.
+    Constants take x's dtype, so that float32 stays float32 (and vectorizes twice as wide)."""
+    f = x.dtype.type
+    s, c3, one, two = f(GELU_SCALE), f(GELU_CUBIC), f(1), f(2)
+    for i in prange(x.size):
+        xi = x[i]
+        u = s * (xi + c3 * xi * xi * xi)
+        y[i] = xi / (one + _exp(-two * u))
+
+
+@numba.njit(cache=True, parallel=True)
+def _gelu_backward(x, dy, dx):
+    """x, dy, dx (N,) flat. With sig = sigmoid(2u) = 0.5 (1 + tanh(u)):
+    d gelu / dx = sig + 2 x sig (1 - sig) du/dx, since 1 - tanh(u)**2 = 4 sig (1 - sig)."""
+    f = x.dtype.type
+    s, c3, one, two, three = f(GELU_SCALE), f(GELU_CUBIC), f(1), f(2), f(3)
+    for i in prange(x.size):
+        xi = x[i]
+        u = s * (xi + c3 * xi * xi * xi)
+        sig = one / (one + _exp(-two * u))
+        du_dx = s * (one + three * c3 * xi * xi)
+        dx[i] = dy[i] * (sig + two * xi * sig * (one - sig) * du_dx)
+
+
+def gelu_forward(x):
+    """GELU, tanh approximation, of an array of any shape."""
+    dtype = _common_float(x)
+    if dtype is None:
+        return reference.gelu_forward(x)
+    flat = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
+    y = np.empty_like(flat)
+    _launch(_gelu_forward, flat.size, flat, y)
+    return y.reshape(x.shape)
+
+
+def gelu_backward(x, dy):
+    """dx of GELU from its input x and upstream dy (same shape)."""
+    dtype = _common_float(x, dy)
+    if dtype is None:
+        return reference.gelu_backward(x, dy)
+    flat = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
+    dx = np.empty_like(flat)
+    _launch(_gelu_backward, flat.size, flat, np.ascontiguousarray(dy, dtype=dtype).reshape(-1),
+            dx)
+    return dx.reshape(x.shape)
+
+
+# ----------------------------------------------------------------------------- attention
+#
+# The matrix products run in NumPy (batched BLAS, with its own threads); Numba fuses
+# everything between them into one pass over each row of the (Tq, Tk) scores. Calling np.dot
+# inside a prange loop instead was slower: Numba's np.dot goes to SciPy's OpenBLAS, whose
+# own threads then fought the Numba threads for the cores (on 2 cores the decode shape took
+# 6 ms instead of 0.05 ms). For the same reason the two kernels here run on one thread: right
+# after a BLAS call, whose threads still hold the other cores, that was measured faster than
+# prange (6.1-6.4 ms against 6.8 ms for the GPT-2 small backward).
+
+@numba.njit(cache=True)
+def _attention_softmax_forward(scores, t_query, scale, causal):
+    """scores (N, Tk) with N = BH * Tq, in place -> att = softmax(scores * scale, masked).
+
+    Row n is query i = n % Tq, which with a KV cache sits at absolute position
+    i + Tk - Tq and, when causal, sees keys 0 .. i + Tk - Tq; the others get 0."""
+    N, Tk = scores.shape
+    offset = Tk - t_query
+    for n in range(N):
+        seen = min(n % t_query + offset + 1, Tk) if causal else Tk
+        row = scores[n, :seen]
+        for j in range(seen):
+            row[j] *= scale
+        m = _row_max(row)
+        for j in range(seen):  # in place: x -> exp(x - m) on one array, which LLVM vectorizes
+            row[j] = _exp(row[j] - m)
+        _normalize(row)
+        scores[n, seen:] = 0
+
+
+@numba.njit(cache=True)
+def _attention_softmax_backward(att, datt, dropout_mask, scale):
+    """att, datt (N, Tk), in place: datt -> dscores = att * (d - sum(d * att)) * scale with
+    d = datt * dropout_mask, or d = datt when dropout_mask is the empty (0, 0) array."""
+    N, Tk = att.shape
+    for n in range(N):
+        d = datt[n]
+        if dropout_mask.shape[0]:
+            for j in range(Tk):
+                d[j] *= dropout_mask[n, j]
+        total = _row_dot(d, att[n])
+        for j in range(Tk):
+            d[j] = att[n, j] * (d[j] - total) * scale
+
+
+def _no_dropout(dtype):
+    """The (0, 0) array that tells the kernels there is no dropout mask."""
+    return np.zeros((0, 0), dtype=dtype)
+
+
+def attention_forward(q, k, v, scale, causal=True, dropout_mask=None):
+    """softmax(q k^T * scale, causally masked) [dropout] @ v; see the reference.
+    q (B, H, Tq, D), k and v (B, H, Tk, D) -> out (B, H, Tq, D), att (B, H, Tq, Tk)."""
+    dtype = _common_float(q, k, v)
+    if dtype is None:
+        return reference.attention_forward(q, k, v, scale, causal, dropout_mask)
+    t_query, t_key = q.shape[-2], k.shape[-2]
+    if causal and t_query > t_key:
+        raise ValueError(f"causal attention needs no more queries than keys, got "
+                         f"Tq={t_query} > Tk={t_key}")
+    q, k, v = (np.asarray(a, dtype=dtype) for a in (q, k, v))
+    att = np.ascontiguousarray(q @ np.swapaxes(k, -1, -2))
+    _attention_softmax_forward(att.reshape(-1, t_key), t_query, dtype.type(scale), bool(causal))
+    weights = att if dropout_mask is None else att * dropout_mask
+    return weights @ v, att
+
+
+def attention_backward(dout, q, k, v, att, scale, dropout_mask=None):
+    """(dq, dk, dv) for attention_forward, from dout (B, H, Tq, D) and the saved att."""
+    dtype = _common_float(dout, q, k, v, att)
+    if dtype is None:
+        return reference.attention_backward(dout, q, k, v, att, scale, dropout_mask)
+    dout, q, k, v, att = (np.asarray(a, dtype=dtype) for a in (dout, q, k, v, att))
+    weights = att if dropout_mask is None else att * dropout_mask
+    dv = np.swapaxes(weights, -1, -2) @ dout
+    dscores = np.ascontiguousarray(dout @ np.swapaxes(v, -1, -2))
+    mask = (_no_dropout(dtype) if dropout_mask is None
+            else _rows(np.broadcast_to(dropout_mask, att.shape), dtype))
+    _attention_softmax_backward(_rows(att, dtype), dscores.reshape(-1, att.shape[-1]), mask,
+                                dtype.type(scale))
+    return dscores @ k, np.swapaxes(dscores, -1, -2) @ q, dv
