@@ -129,13 +129,13 @@ def _steps(model, ids, max_new_tokens, context_size, temperature, top_k, top_p, 
 def _last_logits(model, ids, context_size, use_cache):
     """Logits (B, V) for the token after ``ids``, reusing the KV cache when possible."""
     if not use_cache:
-        return model(ids[:, -context_size:]).data[:, -1, :]
+        return model(ids[:, -context_size:], last_only=True).data[:, -1, :]
     cached = model.cache_length
     if cached == 0 or ids.shape[1] > context_size:
         # First step, or the window slid: positions changed, so fill the cache afresh.
         model.reset_cache()
-        return model(ids[:, -context_size:], use_cache=True).data[:, -1, :]
-    return model(ids[:, cached:], use_cache=True).data[:, -1, :]
+        return model(ids[:, -context_size:], use_cache=True, last_only=True).data[:, -1, :]
+    return model(ids[:, cached:], use_cache=True, last_only=True).data[:, -1, :]
 
 
 def generate(model, ids, max_new_tokens, context_size=None, temperature=0.0, top_k=None,

@@ -88,8 +88,10 @@ class GPTModel(Module):
     def cache_length(self) -> int:
         return self.trf_blocks[0].att.kv_cache.length
 
-    def forward(self, ids, use_cache=False) -> Tensor:
-        """ids: (B, T) integers. With ``use_cache`` the tokens continue the cached ones."""
+    def forward(self, ids, use_cache=False, last_only=False) -> Tensor:
+        """ids: (B, T) integers -> logits (B, T, V). With ``use_cache`` the tokens continue
+        the cached ones; ``last_only`` returns only the last position's logits (B, 1, V),
+        all that generation needs, skipping the output head for the other T - 1 tokens."""
         ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
         if ids.ndim != 2 or not numpy.issubdtype(ids.dtype, numpy.integer):
             raise ValueError(f"GPTModel expects token ids of shape (batch, tokens) and an "
@@ -106,5 +108,7 @@ class GPTModel(Module):
         x = self.drop_emb(x)
         for block in self.trf_blocks:
             x = block(x, use_cache=use_cache)
+        if last_only:
+            x = x[:, -1:, :]
         x = self.final_norm(x)
         return self.out_head(x)  # (B, T, V)
