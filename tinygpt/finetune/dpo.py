@@ -21,7 +21,6 @@ padding tokens are masked out. ``average=False`` gives the sum, the DPO paper's 
 from __future__ import annotations
 
 import copy
-import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -365,20 +364,15 @@ def cmd_finetune_dpo(args):
         check_vocabulary,
         generate_responses,
         load_base_model,
+        read_json,
         save_json,
         save_model,
         split_data,
     )
 
     out = Path(args.out)
-    path = Path(args.data)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no preference data at {path}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
-    validate_entries(entries, str(path), keys=("instruction", "chosen", "rejected"))
+    entries = read_json(args.data, "preference data")
+    validate_entries(entries, args.data, keys=("instruction", "chosen", "rejected"))
     split = split_data(entries)
     print(f"data: {len(entries)} pairs -> {len(split.train)} train, {len(split.val)} "
           f"validation, {len(split.test)} test")

@@ -68,16 +68,21 @@ def format_response(entry) -> str:
     return f"{RESPONSE_HEADER}{entry['output']}"
 
 
-def load_entries(path) -> list[dict]:
-    """Read an instruction data set: a JSON list of {instruction, input, output} objects."""
+def read_json(path, what="data"):
+    """Parse the JSON file ``path``; a missing file or bad JSON is an error naming it."""
     path = Path(path)
     try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise FileNotFoundError(f"no instruction data at {path}") from None
+        raise FileNotFoundError(f"no {what} at {path}") from None
     except json.JSONDecodeError as err:
         raise ValueError(f"{path} is not valid JSON: {err}") from None
-    validate_entries(entries, path)
+
+
+def load_entries(path) -> list[dict]:
+    """Read an instruction data set: a JSON list of {instruction, input, output} objects."""
+    entries = read_json(path, "instruction data")
+    validate_entries(entries, Path(path))
     return entries
 
 

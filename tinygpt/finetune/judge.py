@@ -41,7 +41,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from tinygpt.finetune.instruct import format_input
 
@@ -254,17 +253,11 @@ def score_responses(entries, model="llama3", url=OLLAMA_URL, api="ollama",
 def cmd_judge(args):
     import os
 
-    from tinygpt.finetune.instruct import save_json
+    from tinygpt.finetune.instruct import read_json, save_json
 
-    path = Path(args.responses)
-    try:
-        entries = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise FileNotFoundError(f"no responses file at {path}") from None
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    entries = read_json(args.responses, "responses file")
     if not isinstance(entries, list):
-        raise ValueError(f"{path}: expected a JSON list of entries")
+        raise ValueError(f"{args.responses}: expected a JSON list of entries")
     if args.limit is not None:
         entries = entries[:args.limit]
     api_key = (args.api_key or os.environ.get("OPENAI_API_KEY")) if args.api == "openai" else None
