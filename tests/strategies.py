@@ -168,3 +168,13 @@ def attention_shapes(draw, max_t=5, max_d=4, kv_cache=False):
     Tk = draw(st.integers(2 if kv_cache else 1, max_t))
     Tq = draw(st.integers(1, Tk - 1)) if kv_cache else Tk
     return (B, H, Tq, D), (B, H, Tk, D)
+
+
+# Element-wise ops under test: name -> (function of a Tensor, strategy of valid inputs).
+UNARY_OPS = {
+    "neg": (lambda t: -t, arrays),
+    "exp": (lambda t: t.exp(), arrays),
+    "log": (lambda t: t.log(), positive_arrays),
+    "sqrt": (lambda t: t.sqrt(), positive_arrays),
+    "tanh": (lambda t: t.tanh(), arrays),
+}

@@ -116,19 +116,10 @@ def test_number_operands_and_scalar_pow(data, c, exponent):
         compare(fn, fn, [x])
 
 
-UNARY = {
-    "neg": (lambda t: -t, S.arrays),
-    "exp": (lambda t: t.exp(), S.arrays),
-    "log": (lambda t: t.log(), S.positive_arrays),
-    "sqrt": (lambda t: t.sqrt(), S.positive_arrays),
-    "tanh": (lambda t: t.tanh(), S.arrays),
-}
-
-
-@pytest.mark.parametrize("name", UNARY)
+@pytest.mark.parametrize("name", S.UNARY_OPS)
 @given(data=st.data())
 def test_unary_ops(name, data):
-    fn, values = UNARY[name]
+    fn, values = S.UNARY_OPS[name]
     compare(fn, fn, [data.draw(values(data.draw(S.shapes())))])
 
 
