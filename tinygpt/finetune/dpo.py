@@ -32,6 +32,7 @@ from tinygpt import functional as F
 from tinygpt.finetune.instruct import (
     PAD_TOKEN_ID,
     RESPONSE_HEADER,
+    RESPONSES_FILE,
     encode,
     format_input,
     validate_entries,
@@ -360,7 +361,6 @@ def _record(policy, reference, batches, cfg, history, done, log):
 
 def cmd_finetune_dpo(args):
     from tinygpt.finetune.instruct import (
-        RESPONSES_FILE,
         check_vocabulary,
         generate_responses,
         load_base_model,
@@ -435,7 +435,7 @@ def add_finetune_dpo(sub):
                    help="batches per evaluation (default 5)")
     p.add_argument("--num-test", type=int, default=0,
                    help="afterwards, answer the first N test instructions and write them to "
-                        f"OUT/{'instruction-data-with-response.json'} (default 0)")
+                        f"OUT/{RESPONSES_FILE} (default 0)")
     p.add_argument("--max-new-tokens", type=int, default=256,
                    help="longest test answer in tokens (default 256)")
     p.add_argument("--seed", type=int, default=123, help="random seed (default 123)")
