@@ -238,6 +238,9 @@ def load_checkpoint(path) -> dict:
                             "(for GPT-2 weights use load_gpt2)")
     model_state = {k.removeprefix("model."): v for k, v in arrays.items()
                    if k.startswith("model.")}
+    # A tied head is stored once, as the token embedding (see save_checkpoint).
+    if "out_head.weight" not in model_state and "tok_emb.weight" in model_state:
+        model_state["out_head.weight"] = model_state["tok_emb.weight"]
     return {
         "model": model_state,
         "model_config": GPTConfig(**json.loads(meta["model_config"])),
@@ -253,10 +256,7 @@ def model_from_checkpoint(path) -> GPTModel:
     """Just the model of a training checkpoint, in eval mode."""
     ckpt = load_checkpoint(path)
     model = GPTModel(ckpt["model_config"])
-    state = ckpt["model"]
-    if model.weights_tied:
-        state["out_head.weight"] = state["tok_emb.weight"]
-    return model.load_state_dict(state).eval()
+    return model.load_state_dict(ckpt["model"]).eval()
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -374,10 +374,7 @@ def _resume(checkpoint, model, optimizer):
     if ckpt["model_config"] != model.cfg:
         raise TrainingError(f"{checkpoint} holds a model with config {ckpt['model_config']}, "
                             f"not {model.cfg}; use another --out directory")
-    state = ckpt["model"]
-    if model.weights_tied:
-        state["out_head.weight"] = state["tok_emb.weight"]
-    model.load_state_dict(state)
+    model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     backend.set_rng_state(ckpt["rng"])
     return ckpt["step"], ckpt["history"]
