@@ -51,7 +51,7 @@ def build_models(directory):
 
 
 def tinygpt_runner(model, ids, new_tokens, use_cache):
-    from tinygpt.generate import generate
+    from tinygpt.generation import generate
 
     def run():
         return generate(model, ids, new_tokens, use_cache=use_cache)

@@ -23,7 +23,7 @@ import time
 import numpy
 
 import tinygpt
-from tinygpt.generate import generate, stream
+from tinygpt.generation import generate, stream
 from tinygpt.tokenizer import gpt2_encoding
 from tinygpt.weights import CheckpointError, load_gpt2
 

@@ -87,10 +87,10 @@ def main(argv=None):
     if scratch:
         gpt = scratch_model(args)
     else:
-        from tinygpt.cli import load_model_and_tokenizer
+        from tinygpt.checkpoints import load_model
 
         try:
-            gpt, _ = load_model_and_tokenizer(args.model)
+            gpt, _ = load_model(args.model)
         except (OSError, RuntimeError, ValueError) as err:
             raise SystemExit(f"could not load --model {args.model}: {err}\n"
                              "(no GPT-2 weights here? try --model scratch)") from None

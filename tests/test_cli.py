@@ -8,7 +8,7 @@ import pytest
 
 from tinygpt.cli import build_parser, main
 from tinygpt.tokenizer import CharTokenizer, gpt2_encoding, load_tokenizer
-from tinygpt.train import CHECKPOINT_NAME, load_checkpoint
+from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
 

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import tinygpt  # noqa: E402
-from tinygpt.generate import filter_logits, generate, next_token, stream  # noqa: E402
+from tinygpt.generation import filter_logits, generate, next_token, stream  # noqa: E402
 from tinygpt.weights import load_gpt2  # noqa: E402
 
 VOCAB, CONTEXT = 97, 64

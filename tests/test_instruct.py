@@ -351,7 +351,7 @@ def test_finetune_instruct_command_end_to_end(tmp_path, monkeypatch):
     assert all(s.items() >= e.items() for s, e in zip(saved, entries[17:19]))
     assert all(isinstance(s["model_response"], str) for s in saved)
     assert any(line.startswith("epoch 1: mean step loss") for line in logged)
-    from tinygpt.train import model_from_checkpoint
+    from tinygpt.checkpoints import model_from_checkpoint
 
     reloaded = model_from_checkpoint(out / "checkpoint.safetensors")
     numpy.testing.assert_array_equal(reloaded.state_dict()["out_head.weight"],

@@ -10,17 +10,16 @@ import pytest
 import tinygpt
 from tinygpt.config import GPTConfig
 from tinygpt.nn import GPTModel
+from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from tinygpt.train import (
-    CHECKPOINT_NAME,
     EpochBatches,
     RandomWindows,
     TrainConfig,
     TrainingError,
-    load_checkpoint,
-    model_from_checkpoint,
     plot_losses,
     train,
 )
+from tinygpt.weights import CheckpointError
 
 MODEL = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
                   drop_rate=0.1)
@@ -118,9 +117,9 @@ def test_corrupt_or_foreign_checkpoints_are_clear_errors(tmp_path):
     quiet(fresh_model(), windows(), one_step, out_dir=tmp_path)
     path = tmp_path / CHECKPOINT_NAME
     path.write_bytes(path.read_bytes()[:100])
-    with pytest.raises(TrainingError, match="truncated or corrupt"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
         load_checkpoint(path)
-    with pytest.raises(TrainingError, match="no checkpoint"):
+    with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.safetensors")
 
 

@@ -8,7 +8,7 @@
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
-from tinygpt.generate import generate
+from tinygpt.generation import generate
 from tinygpt.gradcheck import GradcheckError, gradcheck
 from tinygpt.tensor import (
     Tensor,

@@ -21,30 +21,15 @@ MODEL_HELP = ("a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: downloaded 
               "or a directory written by `tinygpt train`")
 
 
-# ----------------------------------------------------------------------------- loading
-
-def load_model_and_tokenizer(name_or_path, dtype="float32"):
-    """(model, tokenizer) for anything ``--model`` accepts."""
-    from tinygpt.tokenizer import load_tokenizer
-    from tinygpt.train import CHECKPOINT_NAME, model_from_checkpoint
-    from tinygpt.weights import load_gpt2
-
-    path = Path(str(name_or_path)).expanduser()
-    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
-    if checkpoint.is_file() and checkpoint.name == CHECKPOINT_NAME:
-        model = model_from_checkpoint(checkpoint).to(dtype=dtype)
-        return model, load_tokenizer(checkpoint.parent)
-    return load_gpt2(name_or_path, dtype=dtype), load_tokenizer(None)
-
-
 # ----------------------------------------------------------------------------- generate
 
 def cmd_generate(args):
-    from tinygpt.generate import stream
+    from tinygpt.checkpoints import load_model
+    from tinygpt.generation import stream
 
     if args.seed is not None:
         backend.manual_seed(args.seed)
-    model, tokenizer = load_model_and_tokenizer(args.model)
+    model, tokenizer = load_model(args.model)
     ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"})
     if not ids:
         raise SystemExit("error: the prompt is empty")
@@ -195,6 +180,7 @@ def add_train(sub):
 # ----------------------------------------------------------------------------- info
 
 def cmd_info(args):
+    from tinygpt.checkpoints import load_model
     from tinygpt.config import ALIASES, PRESETS, GPTConfig
 
     if args.model in PRESETS or args.model in ALIASES:
@@ -202,7 +188,7 @@ def cmd_info(args):
         counts = _preset_counts(cfg)
         source = "preset (not loaded)"
     else:
-        model, _ = load_model_and_tokenizer(args.model)
+        model, _ = load_model(args.model)
         cfg, source = model.cfg, f"loaded from {args.model}"
         counts = (model.num_parameters(), model.weights_tied)
         del model

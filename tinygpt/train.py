@@ -16,26 +16,20 @@ reproduces its losses exactly.
 
 from __future__ import annotations
 
-import json
 import math
 import signal
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy
-from safetensors import SafetensorError, safe_open
-from safetensors.numpy import load_file, save_file
 
 from tinygpt import backend
 from tinygpt import functional as F
-from tinygpt.config import GPTConfig
+from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from tinygpt.fileio import atomic_write
-from tinygpt.generate import generate
-from tinygpt.nn.gpt import GPTModel
+from tinygpt.generation import generate
 from tinygpt.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_lr
 from tinygpt.tensor import no_grad
-
-CHECKPOINT_NAME = "checkpoint.safetensors"
 
 
 @dataclass
@@ -171,94 +165,6 @@ def evaluate(model, batches) -> float:
     return float(numpy.mean(losses))
 
 
-# ----------------------------------------------------------------------------- checkpoints
-
-def _split_arrays(obj, prefix, arrays):
-    """Replace every array inside nested dicts/lists by a reference, collecting the arrays,
-    so the rest can be stored as JSON next to the tensors (no pickle anywhere)."""
-    if backend.is_array(obj) or isinstance(obj, numpy.ndarray):
-        arrays[prefix] = numpy.ascontiguousarray(backend.move(obj, "numpy"))
-        return {"__array__": prefix}
-    if isinstance(obj, dict):
-        pairs = [[k, _split_arrays(v, f"{prefix}.{k}", arrays)] for k, v in obj.items()]
-        return {"__dict__": pairs}
-    if isinstance(obj, (list, tuple)):
-        return [_split_arrays(v, f"{prefix}.{i}", arrays) for i, v in enumerate(obj)]
-    if isinstance(obj, numpy.generic):
-        return obj.item()
-    return obj
-
-
-def _join_arrays(obj, arrays):
-    if isinstance(obj, dict) and "__array__" in obj:
-        return arrays[obj["__array__"]]
-    if isinstance(obj, dict) and "__dict__" in obj:
-        return {k: _join_arrays(v, arrays) for k, v in obj["__dict__"]}
-    if isinstance(obj, list):
-        return [_join_arrays(v, arrays) for v in obj]
-    return obj
-
-
-def save_checkpoint(path, model, optimizer, step, history, train_config) -> Path:
-    """One file, written atomically: tensors in safetensors, the rest as JSON metadata."""
-    arrays = {f"model.{k}": numpy.ascontiguousarray(backend.move(v, "numpy"))
-              for k, v in model.state_dict().items() if not _is_tied_head(model, k)}
-    optimizer_meta = _split_arrays(optimizer.state_dict(), "optimizer", arrays)
-    meta = {
-        "format": "tinygpt-checkpoint-1",
-        "model_config": json.dumps(model.cfg.to_dict()),
-        "train_config": json.dumps(asdict(train_config)),
-        "optimizer": json.dumps(optimizer_meta),
-        "history": json.dumps(asdict(history)),
-        "rng": json.dumps(backend.get_rng_state()),
-        "step": str(step),
-    }
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
-    return Path(path)
-
-
-def _is_tied_head(model, key):
-    return key == "out_head.weight" and model.weights_tied
-
-
-def load_checkpoint(path) -> dict:
-    """Read and verify a checkpoint: {model, model_config, optimizer, history, rng, step}."""
-    path = Path(path)
-    if not path.is_file():
-        raise TrainingError(f"no checkpoint at {path}")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-        arrays = load_file(str(path))
-    except (SafetensorError, OSError) as err:
-        raise TrainingError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                            f"{err}") from None
-    if meta.get("format") != "tinygpt-checkpoint-1":
-        raise TrainingError(f"{path} is not a tinygpt training checkpoint "
-                            "(for GPT-2 weights use load_gpt2)")
-    model_state = {k.removeprefix("model."): v for k, v in arrays.items()
-                   if k.startswith("model.")}
-    # A tied head is stored once, as the token embedding (see save_checkpoint).
-    if "out_head.weight" not in model_state and "tok_emb.weight" in model_state:
-        model_state["out_head.weight"] = model_state["tok_emb.weight"]
-    return {
-        "model": model_state,
-        "model_config": GPTConfig(**json.loads(meta["model_config"])),
-        "train_config": json.loads(meta["train_config"]),
-        "optimizer": _join_arrays(json.loads(meta["optimizer"]), arrays),
-        "history": History(**json.loads(meta["history"])),
-        "rng": json.loads(meta["rng"]),
-        "step": int(meta["step"]),
-    }
-
-
-def model_from_checkpoint(path) -> GPTModel:
-    """Just the model of a training checkpoint, in eval mode."""
-    ckpt = load_checkpoint(path)
-    model = GPTModel(ckpt["model_config"])
-    return model.load_state_dict(ckpt["model"]).eval()
-
-
 # ----------------------------------------------------------------------------- the loop
 
 def make_optimizer(model, cfg: TrainConfig) -> AdamW:
@@ -325,7 +231,8 @@ def train(model, batches, cfg: TrainConfig, out_dir=None, tokenizer=None, resume
             bar.set_postfix(loss=f"{loss:.3f}")
             if checkpoint is not None and (stop.requested or done == cfg.max_steps or (
                     cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                save_checkpoint(checkpoint, model, optimizer, done, history, cfg)
+                save_checkpoint(checkpoint, model, optimizer.state_dict(), done,
+                                asdict(history), asdict(cfg))
             if stop.requested:
                 log(f"interrupted: saved step {done} to {checkpoint}" if checkpoint
                     else "interrupted")
@@ -377,7 +284,7 @@ def _resume(checkpoint, model, optimizer):
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     backend.set_rng_state(ckpt["rng"])
-    return ckpt["step"], ckpt["history"]
+    return ckpt["step"], History(**ckpt["history"])
 
 
 def _progress_bar(start, total, enabled):

@@ -675,13 +675,13 @@ def finetune_classifier(gpt: GPTModel, train_examples, val_examples, test_exampl
 # ----------------------------------------------------------------------------- command line
 
 def cmd_finetune_classifier(args):
-    from tinygpt.cli import load_model_and_tokenizer
+    from tinygpt.checkpoints import load_model
 
     data = Path(args.data)
     if not data.is_file():
         raise SystemExit(f"error: --data {data}: no such file")
     train_examples, val_examples, test_examples = sms_spam_splits(data, seed=args.seed)
-    gpt, _ = load_model_and_tokenizer(args.model)
+    gpt, _ = load_model(args.model)
     cfg = ClassifierTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, trainable=args.trainable, max_length=args.max_length,

@@ -252,7 +252,7 @@ def is_scratch(name) -> bool:
 
 def load_base_model(name_or_path, seed=123):
     """(model, tokenizer) for ``--model``: "scratch" (a small random GPT with GPT-2's
-    vocabulary, see SCRATCH_CONFIG) or anything ``tinygpt.cli.load_model_and_tokenizer``
+    vocabulary, see SCRATCH_CONFIG) or anything ``tinygpt.checkpoints.load_model``
     accepts (GPT-2 names, Hugging Face directories, tinygpt checkpoints)."""
     if is_scratch(name_or_path):
         from tinygpt.config import GPTConfig
@@ -261,9 +261,9 @@ def load_base_model(name_or_path, seed=123):
 
         backend.manual_seed(seed)
         return GPTModel(GPTConfig(**SCRATCH_CONFIG)), gpt2_encoding()
-    from tinygpt.cli import load_model_and_tokenizer
+    from tinygpt.checkpoints import load_model
 
-    return load_model_and_tokenizer(name_or_path)
+    return load_model(name_or_path)
 
 
 def check_vocabulary(model, pad_token_id=PAD_TOKEN_ID) -> None:
@@ -325,7 +325,7 @@ def respond(model, tokenizer, entry, max_new_tokens=256, eos_id=PAD_TOKEN_ID,
             temperature=0.0, top_k=None, top_p=None) -> str:
     """The model's answer to one entry, extracted as the book does: generate after
     ``format_input(entry)`` until <|endoftext|>, drop the prompt and "### Response:"."""
-    from tinygpt.generate import stream
+    from tinygpt.generation import stream
 
     input_text = format_input(entry)
     ids = encode(tokenizer, input_text)
@@ -422,7 +422,7 @@ def chat(model, tokenizer, stdin=None, stdout=None, max_new_tokens=256, temperat
     """A terminal loop: each line read is an instruction; the answer streams token by token
     and ends at <|endoftext|> or a new "###" heading. Stops at end of input or "/quit".
     Returns the number of answers given."""
-    from tinygpt.generate import stream
+    from tinygpt.generation import stream
 
     stdin = sys.stdin if stdin is None else stdin
     stdout = sys.stdout if stdout is None else stdout

@@ -1,0 +1,162 @@
+"""tinygpt's own checkpoints, and ``load_model``: the one loader behind every ``--model``.
+
+A training checkpoint is one safetensors file, ``checkpoint.safetensors``: the model's
+tensors under ``model.``, the optimizer's arrays under ``optimizer.``, and everything else
+(configs, step, loss history, random generator) as JSON strings in the file's metadata — no
+pickle, so loading a file cannot run code. A tied output head is stored once, as the token
+embedding.
+
+``load_model(name_or_path)`` turns whatever a command's ``--model`` accepts into
+(model, tokenizer): a GPT-2 name (downloaded once), a Hugging Face directory or
+``.safetensors`` file, a directory written by ``tinygpt train`` or by a fine-tuning command.
+It reads only the model's tensors, never the optimizer state.
+
+This module sits in the io layer: the training loop hands it plain dicts (its config and
+history), so nothing here imports ``tinygpt.train``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from tinygpt import backend
+from tinygpt.config import GPTConfig
+from tinygpt.fileio import atomic_write
+from tinygpt.nn.gpt import GPTModel
+from tinygpt.tokenizer import load_tokenizer
+from tinygpt.weights import CheckpointError, load_gpt2
+
+CHECKPOINT_NAME = "checkpoint.safetensors"
+FORMAT = "tinygpt-checkpoint-1"
+
+
+# ----------------------------------------------------------------------------- nested arrays
+
+def _split_arrays(obj, prefix, arrays):
+    """Replace every array inside nested dicts/lists by a reference, collecting the arrays,
+    so the rest can be stored as JSON next to the tensors (no pickle anywhere)."""
+    if backend.is_array(obj) or isinstance(obj, numpy.ndarray):
+        arrays[prefix] = numpy.ascontiguousarray(backend.move(obj, "numpy"))
+        return {"__array__": prefix}
+    if isinstance(obj, dict):
+        pairs = [[k, _split_arrays(v, f"{prefix}.{k}", arrays)] for k, v in obj.items()]
+        return {"__dict__": pairs}
+    if isinstance(obj, (list, tuple)):
+        return [_split_arrays(v, f"{prefix}.{i}", arrays) for i, v in enumerate(obj)]
+    if isinstance(obj, numpy.generic):
+        return obj.item()
+    return obj
+
+
+def _join_arrays(obj, arrays):
+    """The inverse of ``_split_arrays``: put the arrays back where their references are."""
+    if isinstance(obj, dict) and "__array__" in obj:
+        return arrays[obj["__array__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: _join_arrays(v, arrays) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_join_arrays(v, arrays) for v in obj]
+    return obj
+
+
+# ----------------------------------------------------------------------------- write
+
+def save_checkpoint(path, model, optimizer_state: dict, step: int, history: dict,
+                    train_config: dict) -> Path:
+    """Write one checkpoint file atomically.
+
+    ``optimizer_state`` is ``optimizer.state_dict()``; ``history`` and ``train_config`` are
+    plain dicts (e.g. ``dataclasses.asdict`` of the loop's own classes)."""
+    arrays = {f"model.{k}": numpy.ascontiguousarray(backend.move(v, "numpy"))
+              for k, v in model.state_dict().items() if not _is_tied_head(model, k)}
+    optimizer_meta = _split_arrays(optimizer_state, "optimizer", arrays)
+    meta = {
+        "format": FORMAT,
+        "model_config": json.dumps(model.cfg.to_dict()),
+        "train_config": json.dumps(train_config),
+        "optimizer": json.dumps(optimizer_meta),
+        "history": json.dumps(history),
+        "rng": json.dumps(backend.get_rng_state()),
+        "step": str(step),
+    }
+    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+    return Path(path)
+
+
+def _is_tied_head(model, key):
+    return key == "out_head.weight" and model.weights_tied
+
+
+# ----------------------------------------------------------------------------- read
+
+def _read(path, prefix) -> tuple[dict, dict]:
+    """(metadata, tensors whose names start with ``prefix``) of a tinygpt checkpoint; the
+    other tensors are not read from disk."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            meta = handle.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path} is not a tinygpt training checkpoint "
+                                      "(for GPT-2 weights use load_gpt2)")
+            arrays = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
+    except (SafetensorError, OSError) as err:
+        raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                              f"{err}") from None
+    return meta, arrays
+
+
+def _model_state(arrays: dict) -> dict:
+    """The model's state dict from a checkpoint's ``model.*`` tensors."""
+    state = {k.removeprefix("model."): v for k, v in arrays.items() if k.startswith("model.")}
+    # A tied head is stored once, as the token embedding (see save_checkpoint).
+    if "out_head.weight" not in state and "tok_emb.weight" in state:
+        state["out_head.weight"] = state["tok_emb.weight"]
+    return state
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint whole: {model, model_config, train_config, optimizer, history, rng,
+    step}; the configs and history come back as plain dicts except model_config (GPTConfig).
+    """
+    meta, arrays = _read(path, "")
+    return {
+        "model": _model_state(arrays),
+        "model_config": GPTConfig(**json.loads(meta["model_config"])),
+        "train_config": json.loads(meta["train_config"]),
+        "optimizer": _join_arrays(json.loads(meta["optimizer"]), arrays),
+        "history": json.loads(meta["history"]),
+        "rng": json.loads(meta["rng"]),
+        "step": int(meta["step"]),
+    }
+
+
+def model_from_checkpoint(path, dtype="float32") -> GPTModel:
+    """Just the model of a checkpoint, in eval mode (the optimizer state is not read)."""
+    meta, arrays = _read(path, "model.")
+    model = GPTModel(GPTConfig(**json.loads(meta["model_config"])))
+    model.load_state_dict(_model_state(arrays))
+    return model.to(dtype=dtype).eval()
+
+
+# ----------------------------------------------------------------------------- any --model
+
+def load_model(name_or_path, dtype="float32"):
+    """(model in eval mode, tokenizer) for anything ``--model`` accepts.
+
+    A directory or file holding ``checkpoint.safetensors`` is read as a tinygpt checkpoint;
+    anything else as GPT-2 weights (``load_gpt2``). The tokenizer is the one recorded in the
+    model's directory (``tokenizer.json``), GPT-2's when there is none."""
+    path = Path(str(name_or_path)).expanduser()
+    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
+    if checkpoint.is_file() and checkpoint.name == CHECKPOINT_NAME:
+        return model_from_checkpoint(checkpoint, dtype), load_tokenizer(checkpoint.parent)
+    model = load_gpt2(name_or_path, dtype=dtype)
+    return model, load_tokenizer(path if path.is_dir() else None)
