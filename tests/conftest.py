@@ -4,15 +4,10 @@ kernel compiles, which can take seconds), and float64 references."""
 import os
 
 import pytest
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 
-settings.register_profile(
-    "tinygpt",
-    deadline=None,
-    max_examples=30,
-    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-)
-settings.register_profile("ci", parent=settings.get_profile("tinygpt"), derandomize=True)
+import tinygpt.testing  # noqa: F401 - registers the "tinygpt" and "ci" hypothesis profiles
+
 settings.load_profile("ci" if os.environ.get("CI") else "tinygpt")
 
 

@@ -1,18 +1,51 @@
-"""Hypothesis strategies shared by the op tests: shapes and float64 values.
+"""Hypothesis strategies for gradient checks: shapes, well-conditioned arrays, logits, targets.
+
+Use them to test an op of your own the way tinygpt tests its built-in ones::
+
+    from hypothesis import given, settings, strategies as st
+    from tinygpt.testing import arrays, broadcastable_shapes
+
+    settings.load_profile("tinygpt")          # no deadline: the first Numba call compiles
+
+    @given(st.data())
+    def test_my_op(data):
+        shape_a, shape_b = data.draw(broadcastable_shapes())
+        a, b = data.draw(arrays(shape_a)), data.draw(arrays(shape_b, avoid=(0.0,)))
+        tinygpt.gradcheck(MyOp.apply, [tinygpt.tensor(a), tinygpt.tensor(b)])
 
 Shapes stay small (at most a few dozen elements per input) so that element-wise finite
-differences, two forward calls per input element, stay fast. Values are bounded away from the
-places where an op is not smooth or not defined (log and sqrt near 0, division by ~0, ties in
-max), because finite differences are meaningless there.
+differences, two forward calls per input element, stay fast. Values stay bounded and away
+from the places where an op is not smooth or not defined (log and sqrt near 0, division by
+~0, the kink of relu or abs at 0, ties in max): finite differences are meaningless there.
+
+hypothesis is a test-time dependency (``pip install hypothesis``, or ``pip install -e
+".[dev]"``); ``import tinygpt`` never imports it, only ``import tinygpt.testing`` does.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from hypothesis import strategies as st
-from hypothesis.extra import numpy as hnp
+
+try:
+    from hypothesis import HealthCheck, settings
+    from hypothesis import strategies as st
+    from hypothesis.extra import numpy as hnp
+except ImportError:  # hypothesis is a test-time dependency, not needed by tinygpt itself
+    raise ImportError("tinygpt.testing needs hypothesis: pip install hypothesis "
+                      "(or pip install -e \".[dev]\")") from None
 
 MAX_SIDE = 4
+FLOAT_DTYPES = ("float32", "float64")
+
+# "tinygpt": no deadline (the first call of a Numba kernel compiles for seconds) and 30
+# examples per test; "ci": the same, derandomized so a CI run is reproducible.
+settings.register_profile(
+    "tinygpt",
+    deadline=None,
+    max_examples=30,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("ci", parent=settings.get_profile("tinygpt"), derandomize=True)
 
 # ----------------------------------------------------------------------------- shapes
 
@@ -94,29 +127,70 @@ def basic_index(draw, shape, reverse=True):
     return tuple(parts)
 
 
+@st.composite
+def attention_shapes(draw, max_t=5, max_d=4, kv_cache=False):
+    """(q shape, k/v shape) as (B, H, Tq, D) and (B, H, Tk, D); Tq < Tk with a KV cache."""
+    B, H, D = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, max_d))
+    Tk = draw(st.integers(2 if kv_cache else 1, max_t))
+    Tq = draw(st.integers(1, Tk - 1)) if kv_cache else Tk
+    return (B, H, Tq, D), (B, H, Tk, D)
+
+
 # ----------------------------------------------------------------------------- values
 
 
-def floats(lo=-3.0, hi=3.0):
-    return st.floats(lo, hi, allow_nan=False, allow_infinity=False, allow_subnormal=False)
+def float_dtypes():
+    """float32 or float64: pass as ``dtype=`` to ``arrays`` to vary the precision too."""
+    return st.sampled_from(FLOAT_DTYPES)
 
 
-def arrays(shape, lo=-3.0, hi=3.0):
-    """float64 arrays of ``shape`` with values in [lo, hi]."""
-    return hnp.arrays(np.float64, shape, elements=floats(lo, hi))
+def floats(min_value=-3.0, max_value=3.0, width=64):
+    """Finite floats in [min_value, max_value]: no NaN, no infinity, no subnormals."""
+    return st.floats(min_value, max_value, width=width, allow_nan=False,
+                     allow_infinity=False, allow_subnormal=False)
 
 
-def positive_arrays(shape, lo=0.2, hi=3.0):
-    """float64 arrays with values in [lo, hi] > 0: inputs of log, sqrt, pow and divisors."""
-    return arrays(shape, lo, hi)
+def _strategy(value):
+    """A fixed value as a strategy that always draws it; a strategy as it is."""
+    return value if isinstance(value, st.SearchStrategy) else st.just(value)
 
 
-@st.composite
-def nonzero_arrays(draw, shape, lo=0.3, hi=3.0):
-    """float64 arrays with |value| in [lo, hi], either sign: divisors."""
-    magnitude = draw(arrays(shape, lo, hi))
-    signs = draw(hnp.arrays(np.bool_, shape))
-    return np.where(signs, -magnitude, magnitude)
+def _inward(min_value, max_value, dtype):
+    """The bounds rounded inwards to numbers ``dtype`` holds exactly (0.2 is not a float32)."""
+    lo, hi = np.asarray(min_value, dtype), np.asarray(max_value, dtype)
+    lo = lo if lo >= min_value else np.nextafter(lo, hi)
+    hi = hi if hi <= max_value else np.nextafter(hi, lo)
+    return float(lo), float(hi)
+
+
+def arrays(shape, dtype="float64", min_value=-3.0, max_value=3.0, avoid=(), margin=0.1):
+    """Arrays of ``shape`` and ``dtype`` with values in [min_value, max_value].
+
+    ``shape`` and ``dtype`` may be fixed or strategies (``shapes()``, ``float_dtypes()``).
+    ``avoid`` lists points where the op under test has a kink or a pole (0 for relu, abs and
+    division): every value keeps at least ``margin`` away from them, so a finite-difference
+    step of ~1e-6 never crosses one.
+    """
+    def elements(dtype):
+        lo, hi = _inward(min_value, max_value, dtype)
+        values = floats(lo, hi, width=np.dtype(dtype).itemsize * 8)
+        if avoid:
+            values = values.filter(lambda v: all(abs(v - k) >= margin for k in avoid))
+        return values
+
+    return st.tuples(_strategy(shape), _strategy(dtype)).flatmap(
+        lambda shape_dtype: hnp.arrays(shape_dtype[1], shape_dtype[0],
+                                       elements=elements(shape_dtype[1])))
+
+
+def positive_arrays(shape, min_value=0.2, max_value=3.0, dtype="float64"):
+    """Arrays with values in [min_value, max_value] > 0: inputs of log, sqrt, pow, divisors."""
+    return arrays(shape, dtype, min_value, max_value)
+
+
+def nonzero_arrays(shape, min_value=0.3, max_value=3.0, dtype="float64"):
+    """Arrays with |value| in [min_value, max_value], either sign: divisors."""
+    return arrays(shape, dtype, -max_value, max_value, avoid=(0.0,), margin=min_value)
 
 
 @st.composite
@@ -126,15 +200,15 @@ def distinct_arrays(draw, shape, gap=0.25):
     n = int(np.prod(shape, dtype=np.int64))
     order = draw(st.permutations(range(n)))
     offset = draw(floats(-2.0, 2.0))
-    jitter = draw(arrays((n,), 0.0, gap / 4))
+    jitter = draw(arrays((n,), min_value=0.0, max_value=gap / 4))
     return (np.asarray(order, dtype=np.float64) * gap + offset + jitter).reshape(shape)
 
 
 @st.composite
-def logits(draw, shape, large=True):
+def logits(draw, shape, large=True, dtype="float64"):
     """Logits of ``shape``: ordinary magnitudes, or ~1e3 where a naive exp overflows."""
     scale = draw(st.sampled_from([1.0, 10.0, 1e3] if large else [1.0, 3.0]))
-    return draw(arrays(shape, -1.0, 1.0)) * scale
+    return draw(arrays(shape, dtype, -1.0, 1.0)) * np.asarray(scale, dtype=dtype)
 
 
 @st.composite
@@ -161,16 +235,7 @@ def classification(draw, max_rows_dims=2, max_vocab=6, large=True, ignore=True):
             draw(targets(rows, vocab, ignore=ignore)))
 
 
-@st.composite
-def attention_shapes(draw, max_t=5, max_d=4, kv_cache=False):
-    """(q shape, k/v shape) as (B, H, Tq, D) and (B, H, Tk, D); Tq < Tk with a KV cache."""
-    B, H, D = draw(st.integers(1, 2)), draw(st.integers(1, 2)), draw(st.integers(1, max_d))
-    Tk = draw(st.integers(2 if kv_cache else 1, max_t))
-    Tq = draw(st.integers(1, Tk - 1)) if kv_cache else Tk
-    return (B, H, Tq, D), (B, H, Tk, D)
-
-
-# Element-wise ops under test: name -> (function of a Tensor, strategy of valid inputs).
+# Element-wise ops of the engine: name -> (function of a Tensor, strategy of valid inputs).
 UNARY_OPS = {
     "neg": (lambda t: -t, arrays),
     "exp": (lambda t: t.exp(), arrays),
