@@ -8,6 +8,7 @@
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
+from tinygpt.function import Function
 from tinygpt.generation import generate
 from tinygpt.gradcheck import GradcheckError, gradcheck
 from tinygpt.tensor import (
@@ -29,6 +30,7 @@ from tinygpt.tensor import (
 from tinygpt.weights import load_gpt2, save_pretrained
 
 __all__ = [
+    "Function",
     "GPTConfig", "GradcheckError", "Tensor", "arange", "backend", "cat", "concatenate", "generate",
     "gradcheck", "load_gpt2", "save_pretrained",
     "is_grad_enabled", "manual_seed", "no_grad", "ones", "randn", "split", "stack", "tensor",

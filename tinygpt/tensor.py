@@ -238,7 +238,9 @@ class Tensor:
         order = self._topological_order()
         while order:
             node = order.pop()  # popped, so a processed node can be freed (see below)
-            g = grads.pop(id(node))
+            g = grads.pop(id(node), None)
+            if g is None:  # every use returned None (a Function's "no gradient"): skip
+                continue
             if not node._parents and node._backward is None:
                 # a leaf: keep the gradient, summed over backward calls
                 node.grad = g if node.grad is None else node.grad + g
