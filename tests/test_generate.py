@@ -16,7 +16,14 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import tinygpt  # noqa: E402
-from tinygpt.generation import filter_logits, generate, next_token, stream  # noqa: E402
+from tinygpt.generation import (  # noqa: E402
+    TextStreamer,
+    filter_logits,
+    generate,
+    next_token,
+    stream,
+)
+from tinygpt.nn import KVCache  # noqa: E402
 from tinygpt.weights import load_gpt2  # noqa: E402
 
 VOCAB, CONTEXT = 97, 64
@@ -193,7 +200,8 @@ def test_seeded_sampling_is_reproducible(model):
 def test_generation_leaves_the_model_as_it_was(model):
     model.train()
     generate(model, prompts(), 5)
-    assert model.training and model.cache_length == 0
+    assert model.training and not any(isinstance(v, KVCache) for m in model.modules()
+                                      for v in vars(m).values())
     model.eval()
 
 
@@ -357,3 +365,45 @@ def test_bad_arguments(model, kwargs, message):
 def test_bad_ids(model, ids):
     with pytest.raises(ValueError, match=r"ids must be a non-empty \(batch, tokens\) integer"):
         generate(model, ids, 3)
+
+
+# ----------------------------------------------------------------------------- streaming text
+
+STREAM_TEXT = "Héllo wörld — 你好, 世界! 🙂🚀 naïve café\n\tend ###"
+
+
+class CountingDecoder:
+    """tiktoken's GPT-2 encoding, counting how many token ids ``decode`` was given."""
+
+    def __init__(self):
+        from tinygpt.tokenizer import gpt2_encoding
+
+        self.encoding, self.decoded_ids = gpt2_encoding(), 0
+
+    def decode(self, ids):
+        self.decoded_ids += len(ids)
+        return self.encoding.decode(ids)
+
+
+def test_streamed_text_equals_tiktokens_decoding_and_costs_linear_time():
+    tokenizer = CountingDecoder()
+    ids = tokenizer.encoding.encode(STREAM_TEXT * 20)
+    pieces = []
+    streamer = TextStreamer(tokenizer, write=pieces.append)
+    for token in ids:
+        streamer.put(token)
+    assert streamer.end() == "".join(pieces) == tokenizer.encoding.decode(ids)
+    assert not any("\ufffd" in piece for piece in pieces)  # never half a character
+    assert len(pieces) > len(ids) // 2  # written as it comes, not at the end
+    assert tokenizer.decoded_ids <= 4 * len(ids)  # each token decoded a bounded number of times
+
+
+def test_streamer_stops_at_the_stop_string_and_holds_back_its_start():
+    tokenizer = CountingDecoder()
+    text = "The answer is 42.  \n### Instruction: more"
+    pieces = []
+    streamer = TextStreamer(tokenizer, write=pieces.append, stop="###")
+    for token in tokenizer.encoding.encode(text):
+        streamer.put(token)
+    assert streamer.end() == "".join(pieces) == "The answer is 42."
+    assert streamer.stopped

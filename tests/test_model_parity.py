@@ -15,7 +15,7 @@ from torch_gpt import MASK_SUFFIX, from_tinygpt
 import tinygpt
 from tinygpt import backend, kernels
 from tinygpt import functional as F
-from tinygpt.nn import GPTModel
+from tinygpt.nn import GPTModel, KVCache
 
 TOL = {"float64": 1e-10, "float32": 1e-4}
 
@@ -169,13 +169,13 @@ def test_kv_cache_matches_full_forward(name, dtype, kernel_mode):
     with tinygpt.no_grad():
         full = model(ids).data
         for k in (1, 4):  # prompt of k tokens, then one token at a time
-            model.reset_cache()
-            pieces = [model(ids[:, :k], use_cache=True).data]
+            cache = KVCache(T)
+            pieces = [model(ids[:, :k], cache).data]
             for t in range(k, T):
-                pieces.append(model(ids[:, t:t + 1], use_cache=True).data)
-                assert model.cache_length == t + 1
+                pieces.append(model(ids[:, t:t + 1], cache).data)
+                assert cache.length == t + 1
             cached = numpy.concatenate(pieces, axis=1)
             assert cached.shape == full.shape
             assert rel_err(cached, full) < TOL[dtype]
         with pytest.raises(ValueError, match="context length"):
-            model(ids[:, :1], use_cache=True)  # the cache is full
+            model(ids[:, :1], cache)  # the cache is full

@@ -11,7 +11,7 @@ from torch_gpt import from_tinygpt
 import tinygpt
 from tinygpt import backend
 from tinygpt import functional as F
-from tinygpt.nn import GPTModel, Linear, Parameter
+from tinygpt.nn import GPTModel, KVCache, Linear, Parameter
 
 SMALL = dict(vocab_size=23, context_length=8, emb_dim=12, n_heads=3, n_layers=2, drop_rate=0.0)
 
@@ -196,10 +196,10 @@ def test_too_many_tokens_is_a_clear_error():
         model(ids_batch(tokens=9))
     model(ids_batch(tokens=8))  # exactly the context is fine
     with tinygpt.no_grad():
-        model.reset_cache()
-        model(ids_batch(tokens=6), use_cache=True)
+        cache = KVCache(model.cfg.context_length)
+        model(ids_batch(tokens=6), cache)
         with pytest.raises(ValueError, match="context length 8"):
-            model(ids_batch(tokens=3), use_cache=True)
+            model(ids_batch(tokens=3), cache)
 
 
 @pytest.mark.parametrize("bad", [

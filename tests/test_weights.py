@@ -110,6 +110,19 @@ def test_small_checkpoint_gives_transformers_logits(small_hf, small_dir):
     assert_close_logits(ours, hf_logits(small_hf, ids))
 
 
+def test_hidden_states_are_transformers_last_hidden_state(small_hf, small_dir):
+    """GPTModel.hidden_states is the final LayerNorm's output, as GPT2Model's
+    last_hidden_state; the head applied to it gives the logits."""
+    model = load_gpt2(small_dir)
+    ids = token_ids(SMALL["vocab_size"])
+    with torch.no_grad():
+        ref = small_hf.transformer(torch.as_tensor(ids)).last_hidden_state.numpy()
+    hidden = model.hidden_states(ids)
+    assert hidden.shape == (2, 16, SMALL["n_embd"])
+    assert_close_logits(hidden.numpy(), ref)
+    numpy.testing.assert_array_equal(model.out_head(hidden).numpy(), model(ids).numpy())
+
+
 @pytest.fixture(scope="module")
 def gpt2_124m(tmp_path_factory):
     """The full 124M GPT-2 architecture, random weights, saved once (about 500 MB)."""

@@ -25,7 +25,7 @@ MODEL_HELP = ("a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: downloaded 
 
 def cmd_generate(args):
     from tinygpt.checkpoints import load_model
-    from tinygpt.generation import stream
+    from tinygpt.generation import TextStreamer, stream
 
     if args.seed is not None:
         backend.manual_seed(args.seed)
@@ -35,16 +35,13 @@ def cmd_generate(args):
         raise SystemExit("error: the prompt is empty")
     eos = getattr(tokenizer, "eot_token", None) if args.stop_at_eos else None
     print(args.prompt, end="", flush=True)
-    new_tokens, shown = [], ""
+    streamer = TextStreamer(tokenizer, write=lambda text: print(text, end="", flush=True))
     for token in stream(model, [ids], args.max_new_tokens, temperature=args.temperature,
                         top_k=args.top_k, top_p=args.top_p, eos_id=eos,
                         use_cache=not args.no_cache):
-        new_tokens.append(int(token[0]))
-        text = tokenizer.decode(new_tokens)
-        if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-            print(text[len(shown):], end="", flush=True)
-            shown = text
-    print(tokenizer.decode(new_tokens)[len(shown):])
+        streamer.put(int(token[0]))
+    streamer.end()
+    print()
 
 
 def add_generate(sub):

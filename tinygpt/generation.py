@@ -6,10 +6,11 @@ Each step turns the last position's logits into a choice:
                      restricted to the top_k most likely tokens and/or the smallest set whose
                      probabilities add up to top_p (nucleus sampling).
 
-With ``use_cache=True`` (the default) the model keeps every layer's keys and values, so after
-the prompt each new token costs one token's forward pass instead of the whole sequence's.
-Once the sequence outgrows the context window the cache is rebuilt from the cropped window
-each step, which gives exactly the tokens of the uncached path.
+With ``use_cache=True`` (the default) generation keeps every layer's keys and values in a
+``KVCache`` it owns, so after the prompt each new token costs one token's forward pass
+instead of the whole sequence's. Once the sequence outgrows the context window a new cache
+is filled from the cropped window each step, which gives exactly the tokens of the uncached
+path.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import numpy
 
 from tinygpt import backend
+from tinygpt.nn.attention import KVCache
 from tinygpt.tensor import Tensor, no_grad
 
 
@@ -106,13 +108,13 @@ def _steps(model, ids, max_new_tokens, context_size, temperature, top_k, top_p, 
     """The generator behind ``stream``, its arguments already checked."""
     xp = backend.xp()
     done = xp.zeros(ids.shape[0], dtype=bool)
+    cache = None
     was_training = model.training
     model.eval()
     try:
         with no_grad():
-            model.reset_cache()
             for _ in range(max_new_tokens):
-                logits = _last_logits(model, ids, context_size, use_cache)
+                logits, cache = _last_logits(model, ids, context_size, cache, use_cache)
                 token = next_token(logits, temperature, top_k, top_p)
                 if eos_id is not None:
                     token = xp.where(done, eos_id, token)
@@ -122,20 +124,20 @@ def _steps(model, ids, max_new_tokens, context_size, temperature, top_k, top_p, 
                 if eos_id is not None and bool(done.all()):
                     break
     finally:
-        model.reset_cache()
         model.train(was_training)
 
 
-def _last_logits(model, ids, context_size, use_cache):
-    """Logits (B, V) for the token after ``ids``, reusing the KV cache when possible."""
+def _last_logits(model, ids, context_size, cache, use_cache):
+    """(logits (B, V) for the token after ``ids``, the cache to use next time).
+
+    The cache is reused while it holds every token of ``ids`` but the last; on the first
+    step, or once the window slides (positions change), a new one is filled."""
     if not use_cache:
-        return model(ids[:, -context_size:], last_only=True).data[:, -1, :]
-    cached = model.cache_length
-    if cached == 0 or ids.shape[1] > context_size:
-        # First step, or the window slid: positions changed, so fill the cache afresh.
-        model.reset_cache()
-        return model(ids[:, -context_size:], use_cache=True, last_only=True).data[:, -1, :]
-    return model(ids[:, cached:], use_cache=True, last_only=True).data[:, -1, :]
+        return model(ids[:, -context_size:], last_only=True).data[:, -1, :], None
+    if cache is None or ids.shape[1] > context_size:
+        cache = KVCache(model.cfg.context_length)
+        return model(ids[:, -context_size:], cache, last_only=True).data[:, -1, :], cache
+    return model(ids[:, cache.length:], cache, last_only=True).data[:, -1, :], cache
 
 
 def generate(model, ids, max_new_tokens, context_size=None, temperature=0.0, top_k=None,
@@ -152,3 +154,79 @@ def generate(model, ids, max_new_tokens, context_size=None, temperature=0.0, top
     if not tokens:
         return ids
     return backend.xp().concatenate([ids, backend.xp().stack(tokens, axis=1)], axis=1)
+
+
+class TextStreamer:
+    """The text of generated tokens, written piece by piece as they arrive (for terminals).
+
+    Each token is decoded once, together with at most the few tokens before it that did not
+    yet end on a whole character, so streaming costs time linear in the output's length
+    (decoding everything so far at each step would be quadratic). A byte-level BPE token can
+    end inside a multi-byte UTF-8 character, whose text then ends in U+FFFD: such tokens
+    are held until the character is complete (a character has at most 4 bytes, so after 4
+    tokens the text is written as it is).
+
+    With ``stop`` (e.g. "###", the start of the next prompt section), text that might begin
+    the stop string is held back, writing ends where it appears, and the text before it
+    loses its trailing whitespace.
+
+        streamer = TextStreamer(tokenizer, write=sys.stdout.write)
+        for token in stream(model, [ids], 50):
+            streamer.put(int(token[0]))
+        text = streamer.end()
+    """
+
+    MAX_PENDING = 4
+
+    def __init__(self, tokenizer, write=None, stop: str | None = None):
+        self.tokenizer, self.stop = tokenizer, stop
+        self.write = write if write is not None else (lambda text: None)
+        self.pending = []  # token ids whose text may end inside a character
+        self.held = ""  # decoded text not written yet (a possible start of ``stop``)
+        self.parts = []  # the text written so far
+        self.stopped = False  # ``stop`` was seen: later tokens are ignored
+
+    def put(self, token: int) -> None:
+        """Add one generated token id; write whatever text is now complete."""
+        if self.stopped:
+            return
+        self.pending.append(int(token))
+        text = self.tokenizer.decode(self.pending)
+        if text.endswith("\ufffd") and len(self.pending) < self.MAX_PENDING:
+            return
+        self.pending = []
+        self._release(self.held + text, final=False)
+
+    def end(self) -> str:
+        """Write what is still held back; return the whole text written."""
+        if not self.stopped:
+            text = self.tokenizer.decode(self.pending) if self.pending else ""
+            self.pending = []
+            self._release(self.held + text, final=True)
+        return self.text
+
+    @property
+    def text(self) -> str:
+        return "".join(self.parts)
+
+    def _release(self, text: str, final: bool) -> None:
+        """Write ``text`` except the part that must wait (see the class docstring)."""
+        keep = len(text)
+        if self.stop is not None:
+            cut = text.find(self.stop)
+            if cut >= 0:
+                text, final, self.stopped = text[:cut], True, True
+            keep = len(text.rstrip()) if final else self._safe_length(text)
+        if keep:
+            self.parts.append(text[:keep])
+            self.write(text[:keep])
+        self.held = "" if final else text[keep:]
+
+    def _safe_length(self, text: str) -> int:
+        """How much of ``text`` can be written now: not trailing whitespace (it might come
+        right before ``stop``) nor a trailing prefix of ``stop``."""
+        keep = len(text.rstrip())
+        for k in range(len(self.stop) - 1, 0, -1):
+            if text[:keep].endswith(self.stop[:k]):
+                return len(text[:keep - k].rstrip())
+        return keep

@@ -13,7 +13,7 @@ import numpy
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
-from tinygpt.nn.attention import MultiHeadAttention
+from tinygpt.nn.attention import KVCache, MultiHeadAttention
 from tinygpt.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear
 from tinygpt.nn.module import Module, Sequential
 from tinygpt.tensor import Tensor
@@ -42,8 +42,8 @@ class TransformerBlock(Module):
         self.norm2 = LayerNorm(cfg.emb_dim)
         self.drop_shortcut = Dropout(cfg.drop_rate)
 
-    def forward(self, x, use_cache=False):
-        x = x + self.drop_shortcut(self.att(self.norm1(x), use_cache=use_cache))
+    def forward(self, x, cache: KVCache | None = None, layer: int = 0):
+        x = x + self.drop_shortcut(self.att(self.norm1(x), cache, layer))
         x = x + self.drop_shortcut(self.ff(self.norm2(x)))
         return x
 
@@ -79,25 +79,17 @@ class GPTModel(Module):
     def weights_tied(self) -> bool:
         return self.out_head.weight is self.tok_emb.weight
 
-    def reset_cache(self):
-        """Forget cached keys and values (call before generating for a new prompt)."""
-        for block in self.trf_blocks:
-            block.att.kv_cache.reset(self.cfg.context_length)
+    def hidden_states(self, ids, cache: KVCache | None = None) -> Tensor:
+        """ids: (B, T) integers -> the final LayerNorm's output (B, T, C), what the head reads.
 
-    @property
-    def cache_length(self) -> int:
-        return self.trf_blocks[0].att.kv_cache.length
-
-    def forward(self, ids, use_cache=False, last_only=False) -> Tensor:
-        """ids: (B, T) integers -> logits (B, T, V). With ``use_cache`` the tokens continue
-        the cached ones; ``last_only`` returns only the last position's logits (B, 1, V),
-        all that generation needs, skipping the output head for the other T - 1 tokens."""
+        With a ``cache`` the tokens continue the cached ones (generation); the cache then
+        counts them as cached. A classifier puts its own head on these states."""
         ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
         if ids.ndim != 2 or not numpy.issubdtype(ids.dtype, numpy.integer):
             raise ValueError(f"GPTModel expects token ids of shape (batch, tokens) and an "
                              f"integer dtype, got shape {ids.shape} and dtype {ids.dtype}")
         B, T = ids.shape
-        start = self.cache_length if use_cache else 0
+        start = cache.length if cache is not None else 0
         if start + T > self.cfg.context_length:
             raise ValueError(
                 f"sequence of {start + T} tokens{' (with the cache)' if start else ''} is "
@@ -106,9 +98,17 @@ class GPTModel(Module):
         positions = backend.xp().arange(start, start + T)
         x = self.tok_emb(ids) + self.pos_emb(positions)  # (B, T, C) + (T, C)
         x = self.drop_emb(x)
-        for block in self.trf_blocks:
-            x = block(x, use_cache=use_cache)
+        for layer, block in enumerate(self.trf_blocks):
+            x = block(x, cache, layer)
+        if cache is not None:
+            cache.advance(T)
+        return self.final_norm(x)
+
+    def forward(self, ids, cache: KVCache | None = None, last_only=False) -> Tensor:
+        """ids: (B, T) integers -> logits (B, T, V). ``last_only`` returns only the last
+        position's logits (B, 1, V), all that generation needs, skipping the output head
+        for the other T - 1 tokens."""
+        x = self.hidden_states(ids, cache)
         if last_only:
             x = x[:, -1:, :]
-        x = self.final_norm(x)
         return self.out_head(x)  # (B, T, V)

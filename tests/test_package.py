@@ -1,0 +1,28 @@
+"""What ``import tinygpt`` loads: the engine and the model, nothing above them."""
+
+import subprocess
+import sys
+
+import tinygpt
+
+HEAVY = ("safetensors", "huggingface_hub", "matplotlib", "tqdm", "tiktoken")
+
+
+def test_import_tinygpt_loads_no_io_or_task_libraries():
+    """issue 9's check, in a fresh interpreter."""
+    code = ("import tinygpt, sys; print(sorted(m for m in sys.modules "
+            f"if m.startswith({HEAVY!r})))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_lazy_names_are_the_functions_of_their_modules():
+    from tinygpt import generation, weights
+
+    assert tinygpt.generate is generation.generate
+    assert tinygpt.load_gpt2 is weights.load_gpt2
+    assert tinygpt.save_pretrained is weights.save_pretrained
+    assert "generate" in dir(tinygpt)
+    assert isinstance(tinygpt.GPTModel(tinygpt.GPTConfig(
+        vocab_size=5, context_length=4, emb_dim=8, n_heads=2, n_layers=1)), tinygpt.nn.Module)
