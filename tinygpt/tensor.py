@@ -31,6 +31,33 @@ from tinygpt import backend
 
 _grad_enabled = True
 
+# Two hooks for the learner tools, each one global read per op when unused:
+# the innermost Module call as a (module, outer scope) chain, which every op records so that
+# tinygpt.viz can group a graph by module; and the active tinygpt.profile() recorder.
+_scope = None
+_profiler = None
+
+
+def enter_scope(module):
+    """Record that ops created from now on run inside ``module`` (Module.__call__ calls this);
+    returns the outer scope, to restore with ``exit_scope``."""
+    global _scope
+    outer, _scope = _scope, (module, _scope)
+    return outer
+
+
+def exit_scope(outer) -> None:
+    global _scope
+    _scope = outer
+
+
+def set_profiler(recorder):
+    """Make ``recorder`` (or None) receive every op (tinygpt.profile() calls this); returns
+    the one it replaces."""
+    global _profiler
+    previous, _profiler = _profiler, recorder
+    return previous
+
 
 @contextlib.contextmanager
 def no_grad():
@@ -115,7 +142,8 @@ def _graph_freed(g):
 class Tensor:
     """An array with an optional gradient and the graph edges that produced it."""
 
-    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "__weakref__")
+    __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "_scope",
+                 "__weakref__")
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None, _parents=(), _op=""):
@@ -128,7 +156,7 @@ class Tensor:
         self.grad = None
         self._parents = _parents
         self._backward = None
-        self._op = _op
+        self._op, self._scope = _op, None
 
     # ------------------------------------------------------------------ basic properties
 
@@ -180,8 +208,8 @@ class Tensor:
         """A copy on backend ``name`` ('numpy' or 'cupy'); a leaf, like PyTorch's .to()."""
         out = Tensor.__new__(Tensor)
         out.data = backend.move(self.data, name)
-        out.requires_grad, out.grad, out._parents, out._backward, out._op = (
-            self.requires_grad, None, (), None, "")
+        out.requires_grad, out.grad, out._parents, out._backward, out._op, out._scope = (
+            self.requires_grad, None, (), None, "", None)
         return out
 
     def astype(self, dtype) -> Tensor:
@@ -200,10 +228,12 @@ class Tensor:
         if not backend.is_array(data):  # not just the active backend's: x.to("cupy").T
             data = backend.xp().asarray(data)  # NumPy reductions return scalars, not arrays
         out = Tensor.__new__(Tensor)
-        out.data, out.grad, out._backward, out._op = data, None, None, op
+        out.data, out.grad, out._backward, out._op, out._scope = data, None, None, op, _scope
         track = _grad_enabled and any(p.requires_grad for p in parents)
         out.requires_grad = track
         out._parents = parents if track else ()
+        if _profiler is not None:
+            _profiler.record_forward(op, data)
         return out
 
     def _set_backward(self, fn) -> None:
@@ -250,12 +280,15 @@ class Tensor:
                     "backward() through a graph that was already freed; call the first "
                     "backward(retain_graph=True) to backpropagate twice"
                 )
-            for parent, pg in zip(node._parents, node._backward(g)):
+            parent_grads = node._backward(g)
+            for parent, pg in zip(node._parents, parent_grads):
                 if pg is None or not parent.requires_grad:
                     continue
                 pg = _unbroadcast(pg, parent.shape)
                 key = id(parent)
                 grads[key] = pg if key not in grads else grads[key] + pg
+            if _profiler is not None:
+                _profiler.record_backward(node._op, parent_grads)
             if not retain_graph:
                 # Free as we go: the backward closure (and the arrays it saved) and the edges
                 # to the parents, so activations are released during the pass, not after it.

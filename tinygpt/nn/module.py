@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy
 
 from tinygpt import backend
-from tinygpt.tensor import Tensor
+from tinygpt.tensor import Tensor, enter_scope, exit_scope
 
 
 class Parameter(Tensor):
@@ -30,7 +30,12 @@ class Module:
     training = True
 
     def __call__(self, *args, **kwargs):
-        return self.forward(*args, **kwargs)
+        # Ops created inside forward remember this module (tinygpt.viz groups a graph by it).
+        outer = enter_scope(self)
+        try:
+            return self.forward(*args, **kwargs)
+        finally:
+            exit_scope(outer)
 
     def forward(self, *args, **kwargs):
         raise NotImplementedError(f"{type(self).__name__} must define forward()")
