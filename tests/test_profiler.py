@@ -83,3 +83,7 @@ def test_profiles_do_not_nest_and_leave_no_recorder():
                 pass
         assert engine._profiler is not None  # the outer one is still recording
     assert engine._profiler is None
+
+
+def test_tinygpt_profile_is_loaded_lazily():
+    assert tinygpt.profile is profile

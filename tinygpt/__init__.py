@@ -39,6 +39,7 @@ from tinygpt.tensor import (
 _LAZY = {
     "generate": "tinygpt.generation",
     "load_gpt2": "tinygpt.weights",
+    "profile": "tinygpt.profiler",
     "save_pretrained": "tinygpt.weights",
 }
 
@@ -58,6 +59,6 @@ def __dir__():
 __all__ = [
     "Function", "GPTConfig", "GPTModel", "GradcheckError", "Tensor", "arange", "backend",
     "cat", "concatenate", "generate", "gradcheck", "is_grad_enabled", "load_gpt2",
-    "manual_seed", "nn", "no_grad", "ones", "randn", "save_pretrained", "split", "stack",
+    "manual_seed", "nn", "no_grad", "ones", "profile", "randn", "save_pretrained", "split", "stack",
     "tensor", "where", "zeros",
 ]
