@@ -96,6 +96,10 @@ class Optimizer:
             if not isinstance(p, Tensor):
                 raise TypeError(f"{where}: parameter {i} is a {type(p).__name__}, "
                                 "expected a tinygpt Tensor")
+            if getattr(p, "inference_only", False):  # a QuantizedWeight (nn.quantization)
+                raise ValueError(f"{where}: parameter {i} (shape {p.shape}) is a quantized "
+                                 "weight; a quantized model is for inference only: train "
+                                 "the float32 model and quantize it afterwards")
             if not p.requires_grad:
                 raise ValueError(
                     f"{where}: parameter {i} (shape {p.shape}) does not require grad; an "

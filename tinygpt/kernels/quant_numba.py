@@ -1,0 +1,99 @@
+"""Numba kernels for int8 and bfloat16 weights: the same functions and results as the
+references in ``tinygpt.kernels.quant`` (which picks between the two; formats are described
+there).
+
+The matrix products run in parallel over output rows (``prange``): a thread takes a weight
+row, widens each element to float32 in a register and multiplies it into a float32 sum, once
+per row of x; the row (K bytes in int8) stays in L1 cache across those passes. No float32
+copy of a weight is made. The embedding lookups are serial: they copy a few rows.
+"""
+
+import os
+
+import numba
+import numpy as np
+from numba import prange
+
+# As in numba_cpu: Numba's threads wait passively between kernels, so they do not spin on
+# the cores that BLAS needs next (read when Numba first starts its threads).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+# The sums may be reordered ("reassoc", so LLVM keeps 8-16 partial sums in one SIMD
+# register: without it a float sum is one long serial chain) and multiply-adds fused
+# ("contract"). That changes float32 rounding only; NaN and infinity stay exact.
+_FASTMATH = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def _matmul_int8_kernel(x, q, scale, out):
+    """out[m, n] = scale[n] * sum_k x[m, k] * q[n, k]; x (M, K), q (N, K), out (M, N)."""
+    M, K = x.shape
+    for n in prange(q.shape[0]):  # threads split the output rows
+        for m in range(M):  # the row q[n] (K bytes) stays in L1 across the M passes
+            acc = np.float32(0.0)
+            for k in range(K):
+                acc += x[m, k] * np.float32(q[n, k])
+            out[m, n] = acc * scale[n]
+
+
+@numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
+def _matmul_bfloat16_kernel(x, bits, out):
+    """out[m, n] = sum_k x[m, k] * widen(bits[n, k]); x (M, K), bits (N, K), out (M, N)."""
+    M, K = x.shape
+    for n in prange(bits.shape[0]):
+        for m in range(M):
+            acc = np.float32(0.0)
+            for k in range(K):
+                # widen: the 16 stored bits become the top half of a float32 (Numba's
+                # uint32 << int gives a uint64, hence the outer uint32 before .view)
+                w = np.uint32(np.uint32(bits[n, k]) << 16).view(np.float32)
+                acc += x[m, k] * w
+            out[m, n] = acc
+
+
+@numba.njit(cache=True)
+def _embedding_int8_kernel(ids, q, scale, out):
+    """out[i] = scale[ids[i]] * q[ids[i]]; ids (I,), out (I, K). Serial: a few rows."""
+    for i in range(ids.shape[0]):
+        row, s = q[ids[i]], scale[ids[i]]
+        for k in range(row.shape[0]):
+            out[i, k] = np.float32(row[k]) * s
+
+
+@numba.njit(cache=True)
+def _embedding_bfloat16_kernel(ids, bits, out):
+    """out[i] = widen(bits[ids[i]]); ids (I,), out (I, K)."""
+    for i in range(ids.shape[0]):
+        row = bits[ids[i]]
+        for k in range(row.shape[0]):
+            out[i, k] = np.uint32(np.uint32(row[k]) << 16).view(np.float32)
+
+
+def matmul_int8(x, q, scale):
+    """x (M, K) float32 @ (scale * q)^T -> (M, N) float32 (any M; fastest for small M)."""
+    out = np.empty((x.shape[0], q.shape[0]), dtype=np.float32)
+    _matmul_int8_kernel(np.ascontiguousarray(x, dtype=np.float32), q, scale, out)
+    return out
+
+
+def matmul_bfloat16(x, bits):
+    """x (M, K) float32 @ widen(bits)^T -> (M, N) float32."""
+    out = np.empty((x.shape[0], bits.shape[0]), dtype=np.float32)
+    _matmul_bfloat16_kernel(np.ascontiguousarray(x, dtype=np.float32), bits, out)
+    return out
+
+
+def embedding_int8(ids, q, scale):
+    """Rows ``ids`` (...) of the int8 table, widened -> (..., K) float32."""
+    flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    out = np.empty((flat.size, q.shape[1]), dtype=np.float32)
+    _embedding_int8_kernel(flat, q, scale, out)
+    return out.reshape(np.shape(ids) + (q.shape[1],))
+
+
+def embedding_bfloat16(ids, bits):
+    """Rows ``ids`` (...) of the bfloat16 table, widened -> (..., K) float32."""
+    flat = np.ascontiguousarray(ids, dtype=np.int64).reshape(-1)
+    out = np.empty((flat.size, bits.shape[1]), dtype=np.float32)
+    _embedding_bfloat16_kernel(flat, bits, out)
+    return out.reshape(np.shape(ids) + (bits.shape[1],))
