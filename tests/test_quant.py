@@ -246,3 +246,44 @@ def test_quantize_bad_input(hf, tmp_path):
     quantize(tinygpt.nn.merge_lora(model), "int8")
     with pytest.raises(ValueError, match="already quantized \\(int8\\)"):
         quantize(model, "bfloat16")
+
+
+# ----------------------------------------------------------------------------- loading, saving
+
+@pytest.mark.parametrize("mode", ["int8", "bfloat16"])
+def test_load_gpt2_quantize_equals_quantize_after_loading(hf, tmp_path, mode):
+    hf.save_pretrained(tmp_path)
+    loaded = tinygpt.load_gpt2(tmp_path, quantize=mode)
+    assert quantized_mode(loaded) == mode
+    by_hand = quantize(tinygpt.load_gpt2(tmp_path), mode)
+    ids = np.arange(12).reshape(2, 6)
+    with tinygpt.no_grad():
+        np.testing.assert_array_equal(loaded(ids).data, by_hand(ids).data)
+
+
+def test_load_model_quantizes_a_training_checkpoint(tmp_path):
+    from tinygpt.checkpoints import CHECKPOINT_NAME, load_model, save_checkpoint
+
+    cfg = tinygpt.GPTConfig(vocab_size=50257, context_length=16, emb_dim=32, n_heads=2,
+                            n_layers=1, drop_rate=0.0, qkv_bias=True)
+    model = tinygpt.nn.GPTModel(cfg)
+    save_checkpoint(tmp_path / CHECKPOINT_NAME, model, AdamW(model.parameters()).state_dict(),
+                    step=0, history={}, train_config={})
+    loaded, _ = load_model(tmp_path, quantize="bfloat16")
+    assert quantized_mode(loaded) == "bfloat16"
+    ids = np.arange(8)[None]
+    with tinygpt.no_grad():
+        np.testing.assert_array_equal(loaded(ids).data, quantize(model, "bfloat16")(ids).data)
+
+
+def test_bad_quantize_modes_are_refused_before_reading(tmp_path):
+    with pytest.raises(ValueError, match="quantize must be None or one of int8, bfloat16; "
+                                         "got 'float8'"):
+        tinygpt.load_gpt2(tmp_path / "missing", quantize="float8")
+
+
+def test_save_pretrained_refuses_a_quantized_model(hf, tmp_path):
+    model = quantize(tinygpt_model(hf, tmp_path / "in"), "int8")
+    with pytest.raises(ValueError, match="save_pretrained: the model is quantized \\(int8\\)"):
+        tinygpt.save_pretrained(model, tmp_path / "out")
+    assert not (tmp_path / "out").exists()

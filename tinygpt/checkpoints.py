@@ -28,8 +28,9 @@ from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write
 from tinygpt.nn.gpt import GPTModel
+from tinygpt.nn.quantization import quantize as quantize_model
 from tinygpt.tokenizer import load_tokenizer
-from tinygpt.weights import CheckpointError, load_gpt2
+from tinygpt.weights import CheckpointError, check_quantize_mode, load_gpt2
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "tinygpt-checkpoint-1"
@@ -148,15 +149,20 @@ def model_from_checkpoint(path, dtype="float32") -> GPTModel:
 
 # ----------------------------------------------------------------------------- any --model
 
-def load_model(name_or_path, dtype="float32"):
+def load_model(name_or_path, dtype="float32", quantize=None):
     """(model in eval mode, tokenizer) for anything ``--model`` accepts.
 
     A directory or file holding ``checkpoint.safetensors`` is read as a tinygpt checkpoint;
     anything else as GPT-2 weights (``load_gpt2``). The tokenizer is the one recorded in the
-    model's directory (``tokenizer.json``), GPT-2's when there is none."""
+    model's directory (``tokenizer.json``), GPT-2's when there is none. ``quantize`` ("int8"
+    or "bfloat16") stores the weights small, for inference (``nn.quantize``)."""
+    check_quantize_mode(quantize)
     path = Path(str(name_or_path)).expanduser()
     checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
     if checkpoint.is_file() and checkpoint.name == CHECKPOINT_NAME:
-        return model_from_checkpoint(checkpoint, dtype), load_tokenizer(checkpoint.parent)
-    model = load_gpt2(name_or_path, dtype=dtype)
+        model = model_from_checkpoint(checkpoint, dtype)
+        if quantize:
+            quantize_model(model, quantize)
+        return model, load_tokenizer(checkpoint.parent)
+    model = load_gpt2(name_or_path, dtype=dtype, quantize=quantize)
     return model, load_tokenizer(path if path.is_dir() else None)

@@ -35,6 +35,9 @@ from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.nn.gpt import GPTModel
+from tinygpt.nn.quantization import MODES as QUANTIZE_MODES
+from tinygpt.nn.quantization import quantize as quantize_model
+from tinygpt.nn.quantization import quantized_mode
 
 HUB_REPOS = {
     "gpt2": "openai-community/gpt2",
@@ -226,10 +229,12 @@ def _resolve(name_or_path) -> tuple[Path, Path | None]:
                           "existing directory or .safetensors file")
 
 
-def load_gpt2(name_or_path, dtype="float32") -> GPTModel:
+def load_gpt2(name_or_path, dtype="float32", quantize=None) -> GPTModel:
     """A GPTModel with GPT-2 weights: from a hub name (downloaded once, cached) or a local
     Hugging Face directory or .safetensors file. The head is tied to the token embedding,
-    as in GPT-2, unless the checkpoint stores its own ``lm_head.weight``."""
+    as in GPT-2, unless the checkpoint stores its own ``lm_head.weight``. ``quantize``
+    ("int8" or "bfloat16") stores the weights small for inference (``nn.quantize``)."""
+    check_quantize_mode(quantize)
     weights_path, config_path = _resolve(name_or_path)
     tensors = read_safetensors(weights_path)
     if config_path is not None:
@@ -248,14 +253,27 @@ def load_gpt2(name_or_path, dtype="float32") -> GPTModel:
     _check_tensors(tensors, cfg, weights_path)
     model = GPTModel(cfg).to(dtype=dtype)
     model.load_state_dict(hf_to_tinygpt(tensors, cfg))
-    return model.eval()
+    return quantize_model(model, quantize) if quantize else model.eval()
+
+
+def check_quantize_mode(mode) -> None:
+    """Refuse an unknown ``quantize=`` before a model is read, not after."""
+    if mode is not None and mode not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be None or one of {', '.join(QUANTIZE_MODES)}; "
+                         f"got {mode!r}")
 
 
 # ----------------------------------------------------------------------------- writing
 
 def save_pretrained(model: GPTModel, directory) -> Path:
     """Write ``model`` as config.json + model.safetensors in Hugging Face's GPT-2 layout,
-    loadable by ``transformers.GPT2LMHeadModel.from_pretrained`` and by ``load_gpt2``."""
+    loadable by ``transformers.GPT2LMHeadModel.from_pretrained`` and by ``load_gpt2``.
+    A quantized model is refused: its float32 weights are gone, and writing the rounded
+    ones back as float32 would pass them off as the original."""
+    mode = quantized_mode(model)
+    if mode is not None:
+        raise ValueError(f"save_pretrained: the model is quantized ({mode}) and for inference "
+                         "only; save the float32 model (before quantize) instead")
     cfg = model.cfg
     directory = Path(directory)
     state = {k: numpy.ascontiguousarray(_host(v)) for k, v in model.state_dict().items()}
