@@ -26,9 +26,10 @@ import numpy
 from tinygpt import backend
 from tinygpt import functional as F
 from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from tinygpt.distributed import DataParallel, ZeroAdamW
 from tinygpt.fileio import atomic_write
 from tinygpt.generation import generate
-from tinygpt.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay, warmup_cosine_lr
+from tinygpt.optim import AdamW, param_groups_for_weight_decay, warmup_cosine_lr
 from tinygpt.tensor import no_grad
 
 
@@ -155,21 +156,29 @@ def batch_loss(model, x, y):
     return F.cross_entropy(model(x), backend.xp().asarray(y))
 
 
-def evaluate(model, batches) -> float:
-    """Mean loss over ``batches`` in eval mode (no dropout, no graph)."""
+def evaluate(model, batches, parallel=None) -> float:
+    """Mean loss over ``batches`` in eval mode (no dropout, no graph); over several
+    processes each takes its rows of every batch and the weighted means are summed."""
+    parallel = parallel if parallel is not None else DataParallel()
     was_training = model.training
     model.eval()
     with no_grad():
-        losses = [batch_loss(model, x, y).item() for x, y in batches]
+        losses = []
+        for x, y in batches:
+            x, y, share = parallel.local_rows(x, y)
+            losses.append(share * batch_loss(model, x, y).item())
     model.train(was_training)
-    return float(numpy.mean(losses))
+    return parallel.sum(float(numpy.mean(losses)))
 
 
 # ----------------------------------------------------------------------------- the loop
 
-def make_optimizer(model, cfg: TrainConfig) -> AdamW:
-    """AdamW with weight decay on matrices only (not biases or LayerNorm parameters)."""
+def make_optimizer(model, cfg: TrainConfig, parallel=None) -> AdamW | ZeroAdamW:
+    """AdamW with weight decay on matrices only (not biases or LayerNorm parameters);
+    its moments sharded over the processes if ``parallel.shard_optimizer`` (ZeRO-1)."""
     groups = param_groups_for_weight_decay(model.named_parameters(), cfg.weight_decay)
+    if parallel is not None and parallel.shard_optimizer:
+        return ZeroAdamW(groups, parallel.comm, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     return AdamW(groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
 
 
@@ -195,26 +204,30 @@ class _StopRequest:
 
 
 def train(model, batches, cfg: TrainConfig, out_dir=None, tokenizer=None, resume=True,
-          log=print, progress=True) -> History:
+          log=print, progress=True, parallel=None) -> History:
     """Train ``model`` on ``batches`` (RandomWindows or EpochBatches) for cfg.max_steps.
 
     With ``out_dir``, checkpoints go to out_dir/checkpoint.safetensors every
     ``checkpoint_every`` steps, at the end, and on Ctrl-C; a run finding one there (and
-    ``resume``) continues from it.
+    ``resume``) continues from it. ``parallel`` (a ``distributed.DataParallel``) spreads
+    each batch over several processes; rank 0 alone logs and writes checkpoints.
     """
-    optimizer = make_optimizer(model, cfg)
+    parallel = parallel if parallel is not None else DataParallel()
+    log = log if parallel.is_main else _silent
+    optimizer = make_optimizer(model, cfg, parallel)
     history, start = History(), 0
     checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
-    if checkpoint is not None and resume and checkpoint.is_file():
+    if checkpoint is not None and resume and parallel.file_exists(checkpoint):
         start, history = _resume(checkpoint, model, optimizer)
         log(f"resumed from {checkpoint} at step {start}")
     else:
         backend.manual_seed(cfg.seed)
+    parallel.separate_random_streams()
     model.train()
-    bar = _progress_bar(start, cfg.max_steps, progress)
+    bar = _progress_bar(start, cfg.max_steps, progress and parallel.is_main)
     with _StopRequest() as stop:
         for step in range(start, cfg.max_steps):
-            loss = _train_step(model, optimizer, batches, step, cfg)
+            loss = _train_step(model, optimizer, batches, step, cfg, parallel)
             if not math.isfinite(loss):
                 where = (f"the last good checkpoint is {checkpoint}" if checkpoint and
                          checkpoint.is_file() else "no checkpoint was written")
@@ -224,16 +237,19 @@ def train(model, batches, cfg: TrainConfig, out_dir=None, tokenizer=None, resume
             history.lr.append(optimizer.param_groups[0]["lr"])
             done = step + 1
             if done % cfg.eval_every == 0 or done == cfg.max_steps:
-                _record_eval(model, batches, cfg, history, done, log)
-            if cfg.sample_every and tokenizer is not None and done % cfg.sample_every == 0:
+                _record_eval(model, batches, cfg, history, done, log, parallel)
+            if (cfg.sample_every and tokenizer is not None and done % cfg.sample_every == 0
+                    and parallel.is_main):
                 log(sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
-            if checkpoint is not None and (stop.requested or done == cfg.max_steps or (
+            stopping = parallel.any(stop.requested)  # Ctrl-C may reach some ranks only
+            if checkpoint is not None and (stopping or done == cfg.max_steps or (
                     cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                save_checkpoint(checkpoint, model, optimizer.state_dict(), done,
-                                asdict(history), asdict(cfg))
-            if stop.requested:
+                state = optimizer.state_dict()  # under ZeRO, gathered from every rank
+                if parallel.is_main:
+                    save_checkpoint(checkpoint, model, state, done, asdict(history), asdict(cfg))
+            if stopping:
                 log(f"interrupted: saved step {done} to {checkpoint}" if checkpoint
                     else "interrupted")
                 break
@@ -241,8 +257,9 @@ def train(model, batches, cfg: TrainConfig, out_dir=None, tokenizer=None, resume
     return history
 
 
-def _train_step(model, optimizer, batches, step, cfg) -> float:
-    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss."""
+def _train_step(model, optimizer, batches, step, cfg, parallel) -> float:
+    """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss.
+    Each process takes its rows of every micro-batch; their gradients are summed."""
     lr = warmup_cosine_lr(step, peak_lr=cfg.peak_lr, total_steps=cfg.max_steps,
                           warmup_steps=cfg.warmup_steps, initial_lr=cfg.initial_lr,
                           min_lr=cfg.min_lr)
@@ -250,23 +267,24 @@ def _train_step(model, optimizer, batches, step, cfg) -> float:
         group["lr"] = lr
     total = 0.0
     for micro in range(cfg.grad_accum):
-        x, y = batches.train_batch(step * cfg.grad_accum + micro)
-        loss = batch_loss(model, x, y) * (1.0 / cfg.grad_accum)
+        x, y, share = parallel.local_rows(*batches.train_batch(step * cfg.grad_accum + micro))
+        loss = batch_loss(model, x, y) * (share / cfg.grad_accum)
         total += loss.item()
         if not math.isfinite(total):
-            optimizer.zero_grad()
-            return total
+            break
         loss.backward()
-    if cfg.grad_clip:
-        clip_grad_norm(model.parameters(), cfg.grad_clip)
-    optimizer.step()
+    total = parallel.sum(total)
+    if not math.isfinite(total):
+        optimizer.zero_grad()
+        return total
+    parallel.step(model, optimizer, cfg.grad_clip)
     optimizer.zero_grad()
     return total
 
 
-def _record_eval(model, batches, cfg, history, done, log):
-    train_loss = evaluate(model, batches.eval_batches("train", cfg.eval_iters))
-    val_loss = evaluate(model, batches.eval_batches("val", cfg.eval_iters))
+def _record_eval(model, batches, cfg, history, done, log, parallel):
+    train_loss = evaluate(model, batches.eval_batches("train", cfg.eval_iters), parallel)
+    val_loss = evaluate(model, batches.eval_batches("val", cfg.eval_iters), parallel)
     tokens = done * cfg.grad_accum * cfg.batch_size * model.cfg.context_length
     history.steps.append(done)
     history.train_loss.append(train_loss)
@@ -285,6 +303,10 @@ def _resume(checkpoint, model, optimizer):
     optimizer.load_state_dict(ckpt["optimizer"])
     backend.set_rng_state(ckpt["rng"])
     return ckpt["step"], History(**ckpt["history"])
+
+
+def _silent(*args, **kwargs):
+    """The log of ranks other than 0."""
 
 
 def _progress_bar(start, total, enabled):
