@@ -14,12 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tinygpt import tokenizer as tokenizer_module
-from tinygpt.tokenizer import (
-    BPETokenizer,
-    gpt2_bpe_files,
-    gpt2_encoding,
-    mergeable_ranks_from_gpt2_files,
-)
+from tinygpt.tokenizer import BPETokenizer, gpt2_bpe, gpt2_bpe_files, gpt2_encoding
+from tinygpt.tokenizers import gpt2_files
 
 EOT = "<|endoftext|>"
 
@@ -60,6 +56,23 @@ def test_gpt2_encoding_is_cached(enc):
     assert gpt2_encoding() is enc
 
 
+def test_gpt2_files_are_parsed_once_for_both_tokenizers(enc, tok, monkeypatch):
+    from tinygpt.tokenizers import bpe
+
+    reads = []
+    monkeypatch.setattr(bpe, "read_merges", lambda path: reads.append(path) or
+                        gpt2_files.read_merges(path))
+    gpt2_encoding.cache_clear()
+    gpt2_bpe.cache_clear()
+    try:
+        assert gpt2_encoding().encode("Hello, world") == [15496, 11, 995]
+        assert gpt2_bpe().encode("Hello, world") == [15496, 11, 995]
+        assert len(reads) == 1
+    finally:
+        gpt2_encoding.cache_clear()
+        gpt2_bpe.cache_clear()
+
+
 def test_mergeable_ranks_equal_tiktokens_own_loader(tok, monkeypatch):
     monkeypatch.setenv("TIKTOKEN_CACHE_DIR", "")  # read the local files, cache nothing
     encoder_json, vocab_bpe = gpt2_bpe_files()
@@ -69,7 +82,7 @@ def test_mergeable_ranks_equal_tiktokens_own_loader(tok, monkeypatch):
         vocab_bpe_hash=tokenizer_module.GPT2_FILE_SHA256["vocab.bpe"],
         encoder_json_hash=tokenizer_module.GPT2_FILE_SHA256["encoder.json"],
     )
-    assert mergeable_ranks_from_gpt2_files(encoder_json, vocab_bpe) == reference
+    assert gpt2_bpe().mergeable_ranks() == reference
     assert tok.mergeable_ranks() == reference
     assert tok.special_tokens == {EOT: 50256}
     assert tok.vocab_size == 50257
@@ -93,14 +106,16 @@ def test_sha_mismatch_is_a_clear_error(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=f"vocab.bpe.*SHA-256.*expected {expected}"):
         gpt2_bpe_files(tmp_path)
 
-    monkeypatch.setattr(tokenizer_module, "_gpt2_data_dir", lambda: tmp_path)
+    monkeypatch.setattr(gpt2_files, "_gpt2_data_dir", lambda: tmp_path)
     gpt2_encoding.cache_clear()
+    gpt2_bpe.cache_clear()
     try:
         with pytest.raises(ValueError, match="is not OpenAI's GPT-2 vocab.bpe"):
             gpt2_encoding()
     finally:
         monkeypatch.undo()
         gpt2_encoding.cache_clear()
+        gpt2_bpe.cache_clear()
     assert gpt2_encoding().encode("Hello, world") == [15496, 11, 995]
 
 
