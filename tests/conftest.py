@@ -14,11 +14,12 @@ settings.load_profile("ci" if os.environ.get("CI") else "tinygpt")
 @pytest.fixture(autouse=True)
 def _numpy_backend_and_seed():
     """Every test starts on the NumPy backend with float32 default and a fixed seed."""
-    from tinygpt import backend
+    from tinygpt import backend, kernels
 
     backend.set_backend("numpy")
     backend.set_default_dtype("float32")
     backend.manual_seed(0)
-    yield
+    with kernels.using(kernels.chosen()):  # a test may switch kernels: switch back after it
+        yield
     backend.set_backend("numpy")
     backend.set_default_dtype("float32")

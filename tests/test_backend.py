@@ -24,7 +24,7 @@ import pytest
 
 import tinygpt
 import tinygpt.functional as F
-from tinygpt import Tensor, backend
+from tinygpt import Tensor, backend, kernels
 
 # ----------------------------------------------------------------------------- the fake CuPy
 
@@ -258,13 +258,12 @@ def run_network(name, params, ids, targets, dtype="float64"):
 
 
 @pytest.mark.parametrize("dtype", ["float64", "float32"])
-def test_network_on_fake_cupy_equals_numpy(fake_cupy, monkeypatch, dtype):
+def test_network_on_fake_cupy_equals_numpy(fake_cupy, dtype):
     params, ids, targets = network_parameters()
-    monkeypatch.setenv("TINYGPT_KERNELS", "reference")
-    expected = run_network("numpy", params, ids, targets, dtype)
-    monkeypatch.delenv("TINYGPT_KERNELS")
+    with kernels.using("reference"):
+        expected = run_network("numpy", params, ids, targets, dtype)
     backend.set_backend("cupy")
-    assert not backend.kernels_enabled()  # the fake runs the reference kernels by itself
+    assert kernels.impl() is kernels.reference  # the fake runs the reference kernels by itself
     got = run_network("cupy", params, ids, targets, dtype)
     assert got[:2] == expected[:2]
     for name, grad in expected[2].items():
@@ -393,10 +392,10 @@ def _real_cupy_works():
 
 
 @pytest.mark.skipif(not _real_cupy_works(), reason="needs CuPy and a CUDA GPU")
-def test_network_on_real_cupy_matches_numpy(monkeypatch):
+def test_network_on_real_cupy_matches_numpy():
     params, ids, targets = network_parameters()
-    monkeypatch.setenv("TINYGPT_KERNELS", "reference")
-    expected = run_network("numpy", params, ids, targets)
+    with kernels.using("reference"):
+        expected = run_network("numpy", params, ids, targets)
     got = run_network("cupy", params, ids, targets)
     np.testing.assert_allclose(got[:2], expected[:2], rtol=1e-10)
     for name, grad in expected[2].items():

@@ -6,9 +6,9 @@ import sys
 import numpy as np
 import pytest
 
+from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint
 from tinygpt.cli import build_parser, main
 from tinygpt.tokenizer import CharTokenizer, gpt2_encoding, load_tokenizer
-from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint
 
 TEXT = "First Citizen:\nBefore we proceed any further, hear me speak.\n" * 40
 

@@ -38,12 +38,9 @@ def rel_err(a, b) -> float:
 
 
 @pytest.fixture(params=["numba", "reference"])
-def kernel_mode(request, monkeypatch):
-    """Run the test with the Numba kernels (the default) and with TINYGPT_KERNELS=reference."""
-    if request.param == "reference":
-        monkeypatch.setenv("TINYGPT_KERNELS", "reference")
-    else:
-        monkeypatch.delenv("TINYGPT_KERNELS", raising=False)
+def kernel_mode(request):
+    """Run the test with the Numba kernels (the default) and with the reference kernels."""
+    kernels.use(request.param)  # conftest switches back after the test
     expected = "numba_cpu" if request.param == "numba" else "reference"
     assert kernels.impl().__name__.endswith(expected)
     return request.param

@@ -13,7 +13,7 @@ from hypothesis.extra import numpy as hnp
 import tinygpt
 import tinygpt.functional as F
 import tinygpt.testing as S
-from tinygpt import Tensor, backend, gradcheck
+from tinygpt import Tensor, backend, gradcheck, kernels
 
 
 def check(fn, *arrays, **kwargs):
@@ -619,11 +619,11 @@ FLOAT32_CASES = {
 
 @pytest.mark.parametrize("kind", ["numba", "reference"])
 @pytest.mark.parametrize("name", FLOAT32_CASES)
-def test_float32_in_float32_out_and_grads(name, kind, monkeypatch):
+def test_float32_in_float32_out_and_grads(name, kind):
     """No op promotes float32 to float64, forward or backward (a gradient that silently
     turns float64 doubles memory and slows every later step)."""
     if kind == "reference":
-        monkeypatch.setenv("TINYGPT_KERNELS", "reference")
+        kernels.use("reference")  # conftest switches back after the test
     x = _f32(3, 4)
     out = FLOAT32_CASES[name](x)
     assert out.dtype == np.float32

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import os
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ import tinygpt
 import tinygpt.functional as F
 import tinygpt.testing as S
 from tinygpt import Tensor
+from tinygpt import kernels as tinygpt_kernels
 
 RTOL, ATOL = 1e-10, 1e-12  # float64; the atol only matters for values that are ~0
 RTOL32, ATOL32 = 2e-5, 2e-6  # float32 kernels against float64 torch on the same values
@@ -36,15 +36,8 @@ KERNELS = ["numba", "reference"]
 @contextlib.contextmanager
 def kernels(kind):
     """Run the fused ops with the Numba kernels or the plain-array reference."""
-    previous = os.environ.pop("TINYGPT_KERNELS", None)
-    if kind == "reference":
-        os.environ["TINYGPT_KERNELS"] = "reference"
-    try:
+    with tinygpt_kernels.using("numba" if kind == "numba" else "reference"):
         yield
-    finally:
-        os.environ.pop("TINYGPT_KERNELS", None)
-        if previous is not None:
-            os.environ["TINYGPT_KERNELS"] = previous
 
 
 def compare(tg_fn, torch_fn, arrays, grad=True, rtol=RTOL, atol=ATOL, dtype=np.float64,

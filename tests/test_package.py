@@ -1,7 +1,9 @@
 """What ``import tinygpt`` loads: the engine and the model, nothing above them."""
 
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import tinygpt
 
@@ -26,3 +28,16 @@ def test_lazy_names_are_the_functions_of_their_modules():
     assert "generate" in dir(tinygpt)
     assert isinstance(tinygpt.GPTModel(tinygpt.GPTConfig(
         vocab_size=5, context_length=4, emb_dim=8, n_heads=2, n_layers=1)), tinygpt.nn.Module)
+
+
+def test_tensor_does_not_import_functional():
+    """functional.py builds on tensor.py, so tensor.py must not import it back, not even
+    inside a function (the cycle Tensor.softmax used to make)."""
+    tree = ast.parse(Path(tinygpt.__file__).with_name("tensor.py").read_text())
+    imported = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom):
+            imported |= {f"{node.module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            imported |= {alias.name for alias in node.names}
+    assert not any("functional" in name for name in imported), imported

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import tinygpt
+from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from tinygpt.config import GPTConfig
 from tinygpt.nn import GPTModel
-from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from tinygpt.train import (
     EpochBatches,
     RandomWindows,

@@ -9,8 +9,8 @@ NumPy API, so the engine and the layers are written once and run on either.
     >>> backend.set_backend("cupy")       # or TINYGPT_BACKEND=cupy in the environment
 
 Besides the switch, this module owns the other process-wide settings that arrays need:
-the default floating dtype (float32), the random generator behind ``manual_seed``, and
-whether the Numba kernels are in use (``TINYGPT_KERNELS=reference`` turns them off).
+the default floating dtype (float32) and the random generator behind ``manual_seed``.
+(Which kernels run is ``tinygpt.kernels``' choice.)
 """
 
 from __future__ import annotations
@@ -156,19 +156,6 @@ def set_rng_state(state: dict) -> None:
     _seed = state["seed"]
     _generators.clear()
     generator().bit_generator.state = state["bit_generator"]
-
-
-# ----------------------------------------------------------------------------- kernels
-
-def kernels_enabled() -> bool:
-    """True when the Numba CPU kernels should run: NumPy backend and not switched off."""
-    if _active.name != "numpy" or os.environ.get("TINYGPT_KERNELS", "") == "reference":
-        return False
-    try:
-        import numba  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 if os.environ.get("TINYGPT_BACKEND"):

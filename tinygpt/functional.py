@@ -1,10 +1,13 @@
 """The neural-network ops of a GPT as differentiable functions (``import tinygpt.functional as F``).
 
 Each op here is fused: one forward over arrays and one hand-derived backward beside it, not a
-chain of primitive tensor ops. The math of each pair, with its derivation, lives in
-``tinygpt/kernels/reference.py``; ``kernels.impl()`` runs either that reference or the Numba
-kernels that must match it. What this file adds is the wiring into the autograd graph:
-checking inputs, flattening leading dimensions, and saving what the backward needs.
+chain of primitive tensor ops. For cross-entropy, GELU, layer norm and attention (and softmax
+and log-softmax, defined in ``tensor.py`` for ``Tensor.softmax`` and re-exported here) the
+math of each pair, with its derivation, lives in ``tinygpt/kernels/reference.py``, and
+``kernels.impl()`` runs either that reference or the Numba kernels that must match it; linear,
+embedding and dropout are short enough to derive right here. This file also checks every
+op's inputs (the kernels do not), flattens leading dimensions, and saves what the backward
+needs.
 """
 
 from __future__ import annotations
@@ -14,48 +17,19 @@ import math
 import numpy
 
 from tinygpt import backend, kernels
-from tinygpt.tensor import Tensor, _is_float, _same_backend
+from tinygpt.tensor import Tensor, _require_float, _same_backend, log_softmax, softmax
+
+__all__ = [
+    "cross_entropy", "dropout", "dropout_mask", "embedding", "gelu", "layer_norm", "linear",
+    "log_softmax", "scaled_dot_product_attention", "softmax",
+]
 
 
 def _tensor(x) -> Tensor:
     return x if isinstance(x, Tensor) else Tensor(x)
 
 
-def _require_float(x: Tensor, op: str, name: str = "input") -> None:
-    if not _is_float(x.dtype):
-        raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {x.dtype}")
-
-
-def _along_axis(fn, axis, *arrays):
-    """Run a last-axis array function along ``axis``: move that axis last, then back."""
-    if axis in (-1, arrays[0].ndim - 1):
-        return fn(*arrays)
-    xp = backend.xp()
-    moved = [xp.moveaxis(a, axis, -1) for a in arrays]
-    return xp.moveaxis(fn(*moved), -1, axis)
-
-
-# ----------------------------------------------------------------------------- softmax
-
-def softmax(x, axis=-1) -> Tensor:
-    """Softmax along ``axis``; backward: dx = y * (dy - sum(dy * y))."""
-    x = _tensor(x)
-    _require_float(x, "softmax")
-    K = kernels.impl()
-    out = Tensor._make(_along_axis(K.softmax_forward, axis, x.data), (x,), "softmax")
-    out._set_backward(lambda g: (_along_axis(K.softmax_backward, axis, out.data, g),))
-    return out
-
-
-def log_softmax(x, axis=-1) -> Tensor:
-    """log(softmax(x)) computed stably; backward: dx = dy - softmax(x) * sum(dy)."""
-    x = _tensor(x)
-    _require_float(x, "log_softmax")
-    K = kernels.impl()
-    out = Tensor._make(_along_axis(K.log_softmax_forward, axis, x.data), (x,), "log_softmax")
-    out._set_backward(lambda g: (_along_axis(K.log_softmax_backward, axis, out.data, g),))
-    return out
-
+# ----------------------------------------------------------------------------- cross-entropy
 
 def cross_entropy(logits, targets, ignore_index=-100) -> Tensor:
     """Mean cross-entropy of ``logits`` (..., V) against integer ``targets`` (...).

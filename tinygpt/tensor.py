@@ -27,7 +27,7 @@ import numbers
 
 import numpy
 
-from tinygpt import backend
+from tinygpt import backend, kernels
 
 _grad_enabled = True
 
@@ -81,6 +81,11 @@ def manual_seed(seed: int) -> None:
 
 def _is_float(dtype) -> bool:
     return numpy.issubdtype(dtype, numpy.floating)
+
+
+def _require_float(x, op: str, name: str = "input") -> None:
+    if not _is_float(x.dtype):
+        raise TypeError(f"{op}: {name} must be a floating-point tensor, got dtype {x.dtype}")
 
 
 def _as_array(data, dtype=None):
@@ -604,16 +609,47 @@ class Tensor:
     def split(self, sections, axis=-1):
         return split(self, sections, axis)
 
-    # Method forms of the functional ops most often chained in model code.
+    # Method forms of the two ops most often chained in model code (defined below).
     def softmax(self, axis=-1):
-        from tinygpt import functional
-
-        return functional.softmax(self, axis=axis)
+        return softmax(self, axis=axis)
 
     def log_softmax(self, axis=-1):
-        from tinygpt import functional
+        return log_softmax(self, axis=axis)
 
-        return functional.log_softmax(self, axis=axis)
+
+# --------------------------------------------------------------------- softmax
+#
+# Softmax and log-softmax are fused ops like those of functional.py (which re-exports them),
+# but they live here because Tensor.softmax needs them and functional.py imports this
+# module: defining them in functional.py would make the two modules import each other.
+
+def _along_axis(fn, axis, *arrays):
+    """Run a last-axis array function along ``axis``: move that axis last, then back."""
+    if axis in (-1, arrays[0].ndim - 1):
+        return fn(*arrays)
+    xp = backend.xp()
+    moved = [xp.moveaxis(a, axis, -1) for a in arrays]
+    return xp.moveaxis(fn(*moved), -1, axis)
+
+
+def softmax(x, axis=-1) -> Tensor:
+    """Softmax along ``axis``; backward: dx = y * (dy - sum(dy * y))."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    _require_float(x, "softmax")
+    K = kernels.impl()
+    out = Tensor._make(_along_axis(K.softmax_forward, axis, x.data), (x,), "softmax")
+    out._set_backward(lambda g: (_along_axis(K.softmax_backward, axis, out.data, g),))
+    return out
+
+
+def log_softmax(x, axis=-1) -> Tensor:
+    """log(softmax(x)) computed stably; backward: dx = dy - softmax(x) * sum(dy)."""
+    x = x if isinstance(x, Tensor) else Tensor(x)
+    _require_float(x, "log_softmax")
+    K = kernels.impl()
+    out = Tensor._make(_along_axis(K.log_softmax_forward, axis, x.data), (x,), "log_softmax")
+    out._set_backward(lambda g: (_along_axis(K.log_softmax_backward, axis, out.data, g),))
+    return out
 
 
 # --------------------------------------------------------------------- free functions

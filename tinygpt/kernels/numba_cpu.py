@@ -1,10 +1,11 @@
 """Numba CPU kernels for the hot paths: the same functions, signatures and results as
 ``tinygpt.kernels.reference``, so a caller can swap one module for the other.
 
-Each public function is a thin wrapper: it checks and flattens its inputs to C-contiguous
-(N, C) rows (any leading dimensions, float32 or float64, the input dtype kept; other dtypes
-and empty arrays go to the reference), allocates the outputs and calls an ``@numba.njit``
-kernel that loops over rows in parallel (``numba.prange``) and writes into those outputs.
+Each public function is a thin wrapper: it flattens its inputs to C-contiguous (N, C) rows
+(any leading dimensions, float32 or float64, the input dtype kept; other dtypes and empty
+arrays go to the reference, see ``_or_reference``), allocates the outputs and calls an
+``@numba.njit`` kernel that loops over rows in parallel (``numba.prange``) and writes into
+those outputs. Inputs are checked once, in ``tinygpt.functional``, not here.
 One pass over a row does what the reference does in several whole-array passes with
 temporaries, as llm.c does. Shapes use llm.c's names: B batch, T tokens, C channels,
 V vocabulary, H heads, D head size, N rows.
@@ -25,6 +26,7 @@ kernel here did, on 2 cores, at GPT-2 small shapes); one that stops being faster
 replaced by a re-export of the reference function.
 """
 
+import functools
 import math
 import os
 
@@ -51,9 +53,29 @@ _SERIAL_BELOW = 1 << 17  # elements; measured break-even on 2 cores
 
 def _common_float(*arrays):
     """The dtype the reference would compute in, or None where the Numba kernels do not
-    apply (other dtypes, empty arrays): the wrappers then call the reference."""
+    apply (other dtypes, empty arrays)."""
     dtype = np.result_type(*arrays)
     return dtype if dtype in _FLOATS and all(a.size for a in arrays) else None
+
+
+def _or_reference(n_arrays):
+    """Decorator for a wrapper whose first ``n_arrays`` arguments are arrays: where the Numba
+    kernels do not apply to them (see ``_common_float``) the reference function of the same
+    name runs instead; otherwise the wrapper runs, with their common dtype as ``dtype=``."""
+
+    def decorate(wrapper):
+        fallback = getattr(reference, wrapper.__name__)
+
+        @functools.wraps(wrapper)
+        def dispatch(*args, **kwargs):
+            dtype = _common_float(*args[:n_arrays])
+            if dtype is None:
+                return fallback(*args, **kwargs)
+            return wrapper(*args, dtype=dtype, **kwargs)
+
+        return dispatch
+
+    return decorate
 
 
 def _launch(kernel, size, *args):
@@ -204,22 +226,18 @@ def _softmax_backward(y, dy, dx):
             dx[n, c] = y[n, c] * (dy[n, c] - d)
 
 
-def softmax_forward(x):
+@_or_reference(1)
+def softmax_forward(x, *, dtype):
     """Softmax over the last axis of x (..., C); see ``reference.softmax_forward``."""
-    dtype = _common_float(x)
-    if dtype is None:
-        return reference.softmax_forward(x)
     rows = _rows(x, dtype)
     y = np.empty_like(rows)
     _launch(_softmax_forward, rows.size, rows, y)
     return y.reshape(x.shape)
 
 
-def softmax_backward(y, dy):
+@_or_reference(2)
+def softmax_backward(y, dy, *, dtype):
     """dx from the softmax output y and upstream dy, both (..., C)."""
-    dtype = _common_float(y, dy)
-    if dtype is None:
-        return reference.softmax_backward(y, dy)
     rows = _rows(y, dtype)
     dx = np.empty_like(rows)
     _launch(_softmax_backward, rows.size, rows, _rows(dy, dtype), dx)
@@ -250,22 +268,18 @@ def _log_softmax_backward(logy, dlogy, dx):
             dx[n, c] = dlogy[n, c] - _exp(logy[n, c]) * total
 
 
-def log_softmax_forward(x):
+@_or_reference(1)
+def log_softmax_forward(x, *, dtype):
     """log(softmax(x)) over the last axis of x (..., C), without forming softmax(x)."""
-    dtype = _common_float(x)
-    if dtype is None:
-        return reference.log_softmax_forward(x)
     rows = _rows(x, dtype)
     logy = np.empty_like(rows)
     _launch(_log_softmax_forward, rows.size, rows, logy)
     return logy.reshape(x.shape)
 
 
-def log_softmax_backward(logy, dlogy):
+@_or_reference(2)
+def log_softmax_backward(logy, dlogy, *, dtype):
     """dx from the log-softmax output logy and upstream dlogy, both (..., C)."""
-    dtype = _common_float(logy, dlogy)
-    if dtype is None:
-        return reference.log_softmax_backward(logy, dlogy)
     rows = _rows(logy, dtype)
     dx = np.empty_like(rows)
     _launch(_log_softmax_backward, rows.size, rows, _rows(dlogy, dtype), dx)
@@ -317,27 +331,17 @@ def _cross_entropy_backward(logits, targets, lse, ignore_index, scale, dlogits):
         out[t] = (_exp(row[t] - row_lse) - 1) * scale
 
 
-def _check_targets(targets, n_rows, n_classes, ignore_index):
-    """targets as int64 (N,), after checking they index a row of logits."""
-    targets = np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
-    if targets.size != n_rows:
-        raise ValueError(f"cross_entropy: expected {n_rows} targets (one per row of logits), "
-                         f"got {targets.size}")
-    bad = (targets != ignore_index) & ((targets < 0) | (targets >= n_classes))
-    if bad.any():
-        raise IndexError(f"cross_entropy: target {targets[bad][0]} is out of range for "
-                         f"{n_classes} classes (ignore_index={ignore_index})")
-    return targets
+def _flat_targets(targets):
+    """targets as a contiguous int64 (N,) array (``F.cross_entropy`` has checked them)."""
+    return np.ascontiguousarray(targets, dtype=np.int64).reshape(-1)
 
 
-def cross_entropy_forward(logits, targets, ignore_index):
+@_or_reference(1)
+def cross_entropy_forward(logits, targets, ignore_index, *, dtype):
     """Mean cross-entropy of logits (N, V) against targets (N,); see the reference.
     Returns (loss: 0-d array, lse: (N,)); leading dimensions of logits are flattened."""
-    dtype = _common_float(logits)
-    if dtype is None:
-        return reference.cross_entropy_forward(logits, targets, ignore_index)
     rows = _rows(logits, dtype)
-    targets = _check_targets(targets, rows.shape[0], rows.shape[1], ignore_index)
+    targets = _flat_targets(targets)
     losses = np.empty(rows.shape[0])
     lse = np.empty(rows.shape[0], dtype=dtype)
     _launch(_cross_entropy_forward, rows.size, rows, targets, ignore_index, losses, lse)
@@ -347,14 +351,12 @@ def cross_entropy_forward(logits, targets, ignore_index):
     return loss.astype(dtype), lse.reshape(logits.shape[:-1])
 
 
-def cross_entropy_backward(logits, targets, lse, ignore_index, dloss):
+@_or_reference(1)
+def cross_entropy_backward(logits, targets, lse, ignore_index, dloss, *, dtype):
     """dlogits (same shape as logits) for the mean cross-entropy, in one pass over logits.
     Rows whose target is ``ignore_index`` get zeros (also when every row is ignored)."""
-    dtype = _common_float(logits)
-    if dtype is None:
-        return reference.cross_entropy_backward(logits, targets, lse, ignore_index, dloss)
     rows = _rows(logits, dtype)
-    targets = _check_targets(targets, rows.shape[0], rows.shape[1], ignore_index)
+    targets = _flat_targets(targets)
     count = np.count_nonzero(targets != ignore_index)
     scale = dtype.type(float(dloss) / count if count else 0.0)
     dlogits = np.empty_like(rows)
@@ -411,11 +413,9 @@ def _layernorm_backward(dy, x, weight, mean, rstd, dx, dweight_parts, dbias_part
                 dx[n, c] = r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
 
 
-def layernorm_forward(x, weight, bias, eps):
+@_or_reference(3)
+def layernorm_forward(x, weight, bias, eps, *, dtype):
     """Layer norm over the last axis of x (..., C) -> y (..., C), mean (...), rstd (...)."""
-    dtype = _common_float(x, weight, bias)
-    if dtype is None:
-        return reference.layernorm_forward(x, weight, bias, eps)
     rows = _rows(x, dtype)
     y = np.empty_like(rows)
     mean = np.empty(rows.shape[0], dtype=dtype)
@@ -425,12 +425,10 @@ def layernorm_forward(x, weight, bias, eps):
     return y.reshape(x.shape), mean.reshape(x.shape[:-1]), rstd.reshape(x.shape[:-1])
 
 
-def layernorm_backward(dy, x, weight, mean, rstd):
+@_or_reference(3)
+def layernorm_backward(dy, x, weight, mean, rstd, *, dtype):
     """(dx, dweight, dbias) for layer norm over the last axis; dweight and dbias sum over
     every leading dimension."""
-    dtype = _common_float(dy, x, weight)
-    if dtype is None:
-        return reference.layernorm_backward(dy, x, weight, mean, rstd)
     rows = _rows(x, dtype)
     N, C = rows.shape
     parts = max(1, min(N, numba.get_num_threads()))
@@ -473,22 +471,18 @@ def _gelu_backward(x, dy, dx):
         dx[i] = dy[i] * (sig + two * xi * sig * (one - sig) * du_dx)
 
 
-def gelu_forward(x):
+@_or_reference(1)
+def gelu_forward(x, *, dtype):
     """GELU, tanh approximation, of an array of any shape."""
-    dtype = _common_float(x)
-    if dtype is None:
-        return reference.gelu_forward(x)
     flat = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
     y = np.empty_like(flat)
     _launch(_gelu_forward, flat.size, flat, y)
     return y.reshape(x.shape)
 
 
-def gelu_backward(x, dy):
+@_or_reference(2)
+def gelu_backward(x, dy, *, dtype):
     """dx of GELU from its input x and upstream dy (same shape)."""
-    dtype = _common_float(x, dy)
-    if dtype is None:
-        return reference.gelu_backward(x, dy)
     flat = np.ascontiguousarray(x, dtype=dtype).reshape(-1)
     dx = np.empty_like(flat)
     _launch(_gelu_backward, flat.size, flat, np.ascontiguousarray(dy, dtype=dtype).reshape(-1),
@@ -546,16 +540,11 @@ def _no_dropout(dtype):
     return np.zeros((0, 0), dtype=dtype)
 
 
-def attention_forward(q, k, v, scale, causal=True, dropout_mask=None):
+@_or_reference(3)
+def attention_forward(q, k, v, scale, causal=True, dropout_mask=None, *, dtype):
     """softmax(q k^T * scale, causally masked) [dropout] @ v; see the reference.
     q (B, H, Tq, D), k and v (B, H, Tk, D) -> out (B, H, Tq, D), att (B, H, Tq, Tk)."""
-    dtype = _common_float(q, k, v)
-    if dtype is None:
-        return reference.attention_forward(q, k, v, scale, causal, dropout_mask)
     t_query, t_key = q.shape[-2], k.shape[-2]
-    if causal and t_query > t_key:
-        raise ValueError(f"causal attention needs no more queries than keys, got "
-                         f"Tq={t_query} > Tk={t_key}")
     q, k, v = (np.asarray(a, dtype=dtype) for a in (q, k, v))
     att = np.ascontiguousarray(q @ np.swapaxes(k, -1, -2))
     _attention_softmax_forward(att.reshape(-1, t_key), t_query, dtype.type(scale), bool(causal))
@@ -563,11 +552,9 @@ def attention_forward(q, k, v, scale, causal=True, dropout_mask=None):
     return weights @ v, att
 
 
-def attention_backward(dout, q, k, v, att, scale, dropout_mask=None):
+@_or_reference(5)
+def attention_backward(dout, q, k, v, att, scale, dropout_mask=None, *, dtype):
     """(dq, dk, dv) for attention_forward, from dout (B, H, Tq, D) and the saved att."""
-    dtype = _common_float(dout, q, k, v, att)
-    if dtype is None:
-        return reference.attention_backward(dout, q, k, v, att, scale, dropout_mask)
     dout, q, k, v, att = (np.asarray(a, dtype=dtype) for a in (dout, q, k, v, att))
     weights = att if dropout_mask is None else att * dropout_mask
     dv = np.swapaxes(weights, -1, -2) @ dout
