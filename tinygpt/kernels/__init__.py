@@ -64,3 +64,8 @@ def impl():
     if _choice == "numba" and backend.active().name == "numpy":
         return _numba_kernels() or reference
     return reference
+
+
+def numba_in_use() -> bool:
+    """True when the Numba kernels run (NumPy backend, Numba installed, not switched off)."""
+    return impl() is not reference

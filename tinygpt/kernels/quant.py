@@ -32,6 +32,7 @@ from __future__ import annotations
 import numpy as np
 
 from tinygpt import backend
+from tinygpt.kernels import numba_in_use
 
 SMALL_BATCH = 16  # rows of x up to which the Numba kernels beat tiled BLAS (measured, 2 cores)
 TILE_ELEMENTS = 1 << 20  # weights widened at a time by the reference (4 MB of float32)
@@ -105,7 +106,7 @@ def embedding_bfloat16_reference(ids, bits):
 def _numba():
     """The Numba kernels module, or None where they do not apply (CuPy, no Numba, or
     TINYGPT_KERNELS=reference)."""
-    if not backend.kernels_enabled():
+    if not numba_in_use():
         return None
     from tinygpt.kernels import quant_numba
 
