@@ -27,7 +27,8 @@ from tinygpt.config import GPTConfig
 from tinygpt.nn import GPTModel
 from tinygpt.optim import warmup_cosine_lr
 from tinygpt.tokenizer import CharTokenizer
-from tinygpt.train import RandomWindows, TrainConfig, evaluate, train
+from tinygpt.data import RandomWindows
+from tinygpt.train import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 LR = dict(peak_lr=1e-3, initial_lr=0.0, min_lr=1e-4, warmup_steps=100)

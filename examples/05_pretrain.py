@@ -15,11 +15,12 @@ import time
 
 import tinygpt
 from tinygpt.config import GPTConfig
-from tinygpt.data import GPTDataset
+from tinygpt.data import EpochBatches, GPTDataset
 from tinygpt.download import fetch_data
 from tinygpt.nn import GPTModel
 from tinygpt.tokenizer import gpt2_encoding, save_tokenizer
-from tinygpt.train import EpochBatches, TrainConfig, plot_losses, sample_text, train
+from tinygpt.plots import plot_losses
+from tinygpt.train import TrainConfig, sample_text, train
 
 URL = ("https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/"
        "01_main-chapter-code/the-verdict.txt")

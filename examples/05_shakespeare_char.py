@@ -18,7 +18,9 @@ from tinygpt.config import GPTConfig
 from tinygpt.download import fetch_data
 from tinygpt.nn import GPTModel
 from tinygpt.tokenizer import CharTokenizer, save_tokenizer
-from tinygpt.train import RandomWindows, TrainConfig, plot_losses, sample_text, train
+from tinygpt.data import RandomWindows
+from tinygpt.plots import plot_losses
+from tinygpt.train import TrainConfig, sample_text, train
 
 URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 

@@ -84,7 +84,46 @@ def test_every_option_is_explained(command):
             assert action.help, f"{command} {action.option_strings or action.dest} has no help"
 
 
-def test_the_installed_command_runs():
-    result = subprocess.run([sys.executable, "-m", "tinygpt.cli", "--help"],
+@pytest.mark.parametrize("module", ["tinygpt", "tinygpt.cli"])
+def test_the_installed_command_runs(module):
+    result = subprocess.run([sys.executable, "-m", module, "--help"],
                             capture_output=True, text=True, check=True)
     assert "generate" in result.stdout and "train" in result.stdout
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--grad-clip", "-1", "argument --grad-clip: must be >= 0, got -1"),
+    ("--val-fraction", "1.5", "argument --val-fraction: must be between 0 and 1"),
+    ("--checkpoint-every", "-1", "argument --checkpoint-every: must be >= 0, got -1"),
+    ("--context-length", "0", "argument --context-length: must be a positive integer, got 0"),
+    ("--lr", "0", "argument --lr: must be > 0, got 0"),
+    ("--batch-size", "two", "argument --batch-size: expected an integer, got 'two'"),
+    ("--dropout", "1", "argument --dropout: must be in [0, 1), got 1"),
+])
+def test_out_of_range_training_options_are_refused(text_file, tmp_path, capsys, option, value,
+                                                   message):
+    with pytest.raises(SystemExit) as exit_:
+        run_train(text_file, tmp_path / "run", option, value)
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("option, value", [("--top-k", "0"), ("--top-p", "1.5"),
+                                           ("--temperature", "-0.5"),
+                                           ("--max-new-tokens", "-3")])
+def test_out_of_range_sampling_options_are_refused(capsys, option, value):
+    with pytest.raises(SystemExit):
+        main(["generate", "hi", option, value])
+    assert f"argument {option}: must be" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["generate", "train", "info", "prepare"])
+def test_every_default_is_shown_in_help(command):
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    text = " ".join(sub.format_help().split())
+    for action in sub._actions:
+        if action.default not in (None, False, "==SUPPRESS==") and action.option_strings:
+            shown = "a newline" if action.default == "\n" else action.default
+            assert f"(default: {shown})" in text, \
+                f"{command} {action.option_strings[0]} does not show its default"

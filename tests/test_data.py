@@ -10,9 +10,10 @@ from hypothesis import strategies as st
 from tinygpt.data import (
     DataLoader,
     GPTDataset,
-    TokenFileLoader,
+    RandomWindows,
     _split_at_safe_cut,
     create_dataloader,
+    open_token_file,
     prepare_token_file,
 )
 from tinygpt.tokenizer import BPETokenizer, gpt2_encoding
@@ -187,9 +188,16 @@ def counting_file(tmp_path):
     return path
 
 
+def file_windows(path, batch_size, context_length, seed=0, val_fraction=0.1):
+    """The training command's batches from a token file: split, then random windows."""
+    tokens = open_token_file(path)
+    boundary = int(len(tokens) * (1 - val_fraction))
+    return RandomWindows(tokens[:boundary], tokens[boundary:], batch_size, context_length,
+                         seed=seed)
+
+
 def test_token_file_windows_are_contiguous_slices(counting_file):
-    loader = TokenFileLoader(counting_file, batch_size=5, context_length=8, seed=0)
-    x, y = loader.get_batch()
+    x, y = file_windows(counting_file, batch_size=5, context_length=8).train_batch(0)
     assert x.shape == y.shape == (5, 8) and x.dtype == y.dtype == np.int64
     assert np.array_equal(x[:, 1:], y[:, :-1])
     stream = np.arange(1000)
@@ -199,38 +207,36 @@ def test_token_file_windows_are_contiguous_slices(counting_file):
         assert np.array_equal(row_y, stream[offset + 1 : offset + 9])
 
 
-def _offsets_seen(loader, n_batches):
-    return {int(row[0]) for _ in range(n_batches) for row in loader.get_batch()[0]}
+def _offsets_seen(batches, n_batches):
+    return {int(row[0]) for i in range(n_batches) for row in batches.train_batch(i)[0]}
 
 
 def test_train_and_val_split_boundaries(counting_file):
     # 1000 tokens, val_fraction 0.1: train is tokens 0..899, val is 900..999
-    train = TokenFileLoader(counting_file, 32, 8, split="train", seed=0)
-    val = TokenFileLoader(counting_file, 32, 8, split="val", seed=0)
-    assert (train.n_tokens, val.n_tokens) == (900, 100)
+    batches = file_windows(counting_file, 32, 8)
+    val_offsets = {int(row[0]) for x, _ in batches.eval_batches("val", 200) for row in x}
     # the last window must still have its target token inside the split
-    assert _offsets_seen(val, 200) == set(range(900, 1000 - 8))
-    train_offsets = _offsets_seen(train, 300)
+    assert val_offsets == set(range(900, 1000 - 8))
+    train_offsets = _offsets_seen(batches, 300)
     assert min(train_offsets) == 0 and max(train_offsets) == 900 - 8 - 1
-    assert len(train) == 900 // (32 * 8)
-    assert sum(1 for _ in train) == len(train)
 
 
-def test_token_file_loader_is_seeded(counting_file):
-    a = TokenFileLoader(counting_file, 4, 8, seed=3)
-    b = TokenFileLoader(counting_file, 4, 8, seed=3)
-    c = TokenFileLoader(counting_file, 4, 8, seed=4)
-    first = [a.get_batch()[0] for _ in range(3)]
-    assert all(np.array_equal(p, b.get_batch()[0]) for p in first)
-    assert not np.array_equal(first[0], c.get_batch()[0])
+def test_token_file_batches_are_seeded_by_step(counting_file):
+    a = file_windows(counting_file, 4, 8, seed=3)
+    b = file_windows(counting_file, 4, 8, seed=3)
+    c = file_windows(counting_file, 4, 8, seed=4)
+    first = [a.train_batch(i)[0] for i in range(3)]
+    assert all(np.array_equal(x, b.train_batch(i)[0]) for i, x in enumerate(first))
+    assert not np.array_equal(first[1], a.train_batch(2)[0])  # another step, other windows
+    assert not np.array_equal(first[0], c.train_batch(0)[0])
 
 
-def test_prepared_file_feeds_the_loader(enc, tmp_path):
+def test_prepared_file_feeds_the_windows(enc, tmp_path):
     text_path = tmp_path / "corpus.txt"
     text_path.write_text(TEXT, encoding="utf-8")
     prepare_token_file(text_path, tmp_path / "corpus.bin")
     stream = enc.encode(TEXT, allowed_special="all")
-    x, y = TokenFileLoader(tmp_path / "corpus.bin", 4, 16, seed=0).get_batch()
+    x, y = file_windows(tmp_path / "corpus.bin", 4, 16).train_batch(0)
     as_text = " ".join(map(str, stream))
     for row_x, row_y in zip(x, y):
         assert " ".join(map(str, row_x.tolist() + row_y.tolist()[-1:])) in as_text
@@ -269,23 +275,26 @@ def test_bad_loader_input(dataset):
 
 
 def test_bad_token_files(tmp_path, counting_file):
-    with pytest.raises(
-        ValueError,
-        match="val split .* has 100 tokens \\(of 1000.*context_length=100 needs at least 101",
-    ):
-        TokenFileLoader(counting_file, 4, 100, split="val")
+    with pytest.raises(ValueError, match="validation split has 100 tokens, fewer than "
+                                         "context_length \\+ 1 = 101"):
+        file_windows(counting_file, 4, 100)
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
-        TokenFileLoader(counting_file, 0, 8)
-    with pytest.raises(ValueError, match="split must be 'train' or 'val', got 'test'"):
-        TokenFileLoader(counting_file, 4, 8, split="test")
-    with pytest.raises(ValueError, match="val_fraction must be between 0 and 1, got 1.5"):
-        TokenFileLoader(counting_file, 4, 8, val_fraction=1.5)
+        file_windows(counting_file, 0, 8)
+    with pytest.raises(ValueError, match="token id 999 at position 999 is outside the "
+                                         "vocabulary \\(ids must be in 0..499\\)"):
+        open_token_file(counting_file, vocab_size=500)
+    assert len(open_token_file(counting_file, vocab_size=1000)) == 1000
     odd = tmp_path / "odd.bin"
     odd.write_bytes(b"\x00\x01\x02")
-    with pytest.raises(ValueError, match="has 3 bytes, not a whole number of uint16 ids"):
-        TokenFileLoader(odd, 1, 1)
+    with pytest.raises(ValueError, match="has 3 bytes, not a whole number of uint16"):
+        open_token_file(odd)
+    nothing = tmp_path / "nothing.bin"
+    nothing.write_bytes(b"")
+    with pytest.raises(ValueError, match="nothing.bin is empty"):
+        open_token_file(nothing)
     empty = tmp_path / "empty.txt"
     empty.write_text("")
     with pytest.raises(ValueError, match="empty.txt is empty"):
         prepare_token_file(empty, tmp_path / "empty.bin")
-    assert sorted(os.listdir(tmp_path)) == ["arange.bin", "empty.txt", "odd.bin"]  # no leftovers
+    # no leftovers
+    assert sorted(os.listdir(tmp_path)) == ["arange.bin", "empty.txt", "nothing.bin", "odd.bin"]

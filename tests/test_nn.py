@@ -11,7 +11,7 @@ from torch_gpt import from_tinygpt
 import tinygpt
 from tinygpt import backend
 from tinygpt import functional as F
-from tinygpt.nn import GPTModel, KVCache, Linear, Parameter
+from tinygpt.nn import GPTModel, KVCache, Linear, Parameter, evaluating
 
 SMALL = dict(vocab_size=23, context_length=8, emb_dim=12, n_heads=3, n_layers=2, drop_rate=0.0)
 
@@ -171,6 +171,26 @@ def test_train_and_eval_toggle_dropout_everywhere():
     assert numpy.array_equal(train_a, train_a_again)  # same seed, same masks
     assert not numpy.allclose(train_a, train_b)  # another seed, other masks
     assert not numpy.allclose(train_a, eval_a)
+
+
+def test_evaluating_turns_dropout_off_and_restores_the_mode():
+    model = small_model(drop_rate=0.5)
+    ids = ids_batch()
+    with tinygpt.no_grad():
+        reference = small_model(drop_rate=0.0)(ids).data  # same seed, same weights
+        with evaluating(model) as inside:
+            assert inside is model and not any(m.training for m in model.modules())
+            numpy.testing.assert_array_equal(model(ids).data, reference)
+    assert all(m.training for m in model.modules())  # back to training mode
+
+    with pytest.raises(KeyError), evaluating(model):
+        raise KeyError("an error inside the block")
+    assert all(m.training for m in model.modules())  # restored on errors too
+
+    model.eval()
+    with evaluating(model):
+        pass
+    assert not any(m.training for m in model.modules())  # an eval model stays in eval
 
 
 def test_dropout_masks_are_seeded_and_scaled():

@@ -11,14 +11,9 @@ import tinygpt
 from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from tinygpt.config import GPTConfig
 from tinygpt.nn import GPTModel
-from tinygpt.train import (
-    EpochBatches,
-    RandomWindows,
-    TrainConfig,
-    TrainingError,
-    plot_losses,
-    train,
-)
+from tinygpt.data import BatchSource, EpochBatches, RandomWindows
+from tinygpt.plots import plot_losses
+from tinygpt.train import TrainConfig, TrainingError, train
 from tinygpt.weights import CheckpointError
 
 MODEL = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
@@ -142,6 +137,26 @@ def test_epoch_batches_cover_the_dataset_once_per_epoch():
     assert not np.array_equal(firsts, next_epoch)  # reshuffled
     with pytest.raises(ValueError, match="fewer than one batch"):
         EpochBatches(data[:2], data, batch_size=3)
+
+
+def test_epoch_batches_collate_variable_length_examples_and_evaluate_in_order():
+    def collate(rows):  # instruction-style: pad to the longest row with -1
+        width = max(len(r) for r in rows)
+        return np.array([r + [-1] * (width - len(r)) for r in rows])
+
+    items = [[i] * (i % 3 + 1) for i in range(10)]
+    batches = EpochBatches(items, items[:5], batch_size=3, seed=7, collate=collate)
+    assert isinstance(batches, BatchSource) and isinstance(windows(), BatchSource)
+    assert batches.batches_per_epoch == 3
+    batch = batches.train_batch(4)  # epoch 1, position 1
+    chosen = batches.epoch_order(1)[3:6]
+    np.testing.assert_array_equal(batch, collate([items[i] for i in chosen]))
+    evals = batches.eval_batches("val", 5)  # 5 examples in batches of 3: 3 then 2
+    assert [b.shape for b in evals] == [(3, 3), (2, 2)]
+    np.testing.assert_array_equal(evals[1], collate([items[3], items[4]]))
+    assert len(batches.eval_batches("val", 1)) == 1
+    with pytest.raises(ValueError, match="validation set is empty"):
+        EpochBatches(items, [], batch_size=3)
 
 
 def test_random_windows_are_shifted_slices_of_the_stream():

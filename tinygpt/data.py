@@ -1,4 +1,4 @@
-"""Token ids to training batches.
+"""Token ids to training batches: datasets, loaders, token files and the loop's batch sources.
 
 A language model learns to predict the next token, so one training example is a window of
 ``max_length`` tokens (the input) and the same window moved one token to the right (the
@@ -8,8 +8,10 @@ target): for input ``ids[i : i + T]`` the target is ``ids[i + 1 : i + T + 1]``.
   (as the book's ``GPTDatasetV1``), and ``DataLoader`` batches them into (B, T) int64 arrays.
   ``create_dataloader`` does both from raw text, like the book's ``create_dataloader_v1``.
 * For corpora larger than memory, ``prepare_token_file`` tokenizes a text file once into a
-  compact file of uint16 token ids, and ``TokenFileLoader`` reads random windows from it
-  through ``np.memmap`` (as nanoGPT's ``get_batch``), so only the batch is ever in memory.
+  compact file of uint16 token ids, and ``open_token_file`` maps it back, checked.
+* The training loop draws batches from a ``BatchSource``: ``RandomWindows`` (nanoGPT's random
+  windows of a token stream, memmapped or not) or ``EpochBatches`` (the book's shuffled
+  epochs of examples, for pretraining, instruction and preference data).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import regex
@@ -279,70 +282,123 @@ def _write_tokens(text_path: Path, out_path, tokenizer, chunk_chars: int, vocab_
     return n_tokens
 
 
-class TokenFileLoader:
-    """Random (x, y) batches of ``context_length`` tokens from a uint16 token file.
+def open_token_file(path: str | os.PathLike, vocab_size: int | None = None) -> np.ndarray:
+    """A token file written by ``prepare_token_file`` as a read-only uint16 memmap, checked
+    up front: a whole number of uint16 ids, not empty, and every id below ``vocab_size``
+    (one streaming pass), so a bad file fails here and not as an IndexError mid-training."""
+    path = Path(path)
+    n_bytes = path.stat().st_size
+    itemsize = np.dtype(TOKEN_DTYPE).itemsize
+    if n_bytes % itemsize:
+        raise ValueError(f"{path} has {n_bytes} bytes, not a whole number of uint16 token ids "
+                         "(a token file made by `tinygpt prepare`?)")
+    if n_bytes == 0:
+        raise ValueError(f"{path} is empty: it holds no token ids")
+    tokens = np.memmap(path, dtype=TOKEN_DTYPE, mode="r")
+    if vocab_size is not None:
+        highest = int(tokens.max())
+        if highest >= vocab_size:
+            position = int(np.flatnonzero(tokens == highest)[0])
+            raise ValueError(f"{path}: token id {highest} at position {position} is outside "
+                             f"the vocabulary (ids must be in 0..{vocab_size - 1})")
+    return tokens
 
-    The first ``1 - val_fraction`` of the token stream is the "train" split and the rest is
-    "val". Each batch draws ``batch_size`` random start offsets in the split, as nanoGPT's
-    ``get_batch``; ``y`` is ``x`` shifted by one token. Iterating yields ``len(self)``
-    batches — about one pass over the split's tokens — and can be repeated.
+
+# ---------------------------------------------------------------------------------------------
+# Batch sources for the training loop
+# ---------------------------------------------------------------------------------------------
+
+
+@runtime_checkable
+class BatchSource(Protocol):
+    """What ``tinygpt.train.train`` draws batches from (``RandomWindows``, ``EpochBatches``).
+
+    ``train_batch(i)`` must be a pure function of ``i`` (the loop's micro-batch counter), so
+    a resumed run sees exactly the batches an uninterrupted one would have seen.
+    ``eval_batches(split, count)`` returns the same batches at every call, so evaluated
+    losses compare across steps. A batch is whatever the loss function takes, e.g. (x, y).
     """
 
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        batch_size: int,
-        context_length: int,
-        split: str = "train",
-        val_fraction: float = 0.1,
-        seed: int | None = None,
-    ):
-        self.path = Path(path)
+    def train_batch(self, index: int): ...
+
+    def eval_batches(self, split: str, count: int) -> list: ...
+
+
+class RandomWindows:
+    """nanoGPT-style batches: random windows of ``context_length + 1`` tokens from a token
+    stream (x is the window without its last token, y without its first).
+
+    The windows of training batch ``i`` come from a generator seeded with (seed, i), so any
+    batch can be drawn again, which is what makes resuming exact. The token arrays may be
+    NumPy memmaps of a token file larger than memory (``open_token_file``): only the chosen
+    windows are read.
+    """
+
+    def __init__(self, train_tokens, val_tokens, batch_size, context_length, seed=0):
         self.batch_size = _positive_int("batch_size", batch_size)
         self.context_length = _positive_int("context_length", context_length)
-        if split not in ("train", "val"):
-            raise ValueError(f"split must be 'train' or 'val', got {split!r}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be between 0 and 1, got {val_fraction}")
-        self.split = split
-        self.start, self.stop = self._split_bounds(val_fraction)
-        self._rng = np.random.default_rng(seed)
+        for name, tokens in (("training", train_tokens), ("validation", val_tokens)):
+            if len(tokens) < context_length + 1:
+                raise ValueError(f"the {name} split has {len(tokens)} tokens, fewer than "
+                                 f"context_length + 1 = {context_length + 1}")
+        self.tokens = {"train": train_tokens, "val": val_tokens}
+        self.seed = seed
 
-    def _split_bounds(self, val_fraction: float) -> tuple[int, int]:
-        """Token offsets [start, stop) of this split, checked to hold one (x, y) window."""
-        n_bytes = self.path.stat().st_size
-        if n_bytes % np.dtype(TOKEN_DTYPE).itemsize:
-            raise ValueError(f"{self.path} has {n_bytes} bytes, not a whole number of uint16 ids")
-        n_tokens = n_bytes // np.dtype(TOKEN_DTYPE).itemsize
-        boundary = int(n_tokens * (1.0 - val_fraction))
-        start, stop = (0, boundary) if self.split == "train" else (boundary, n_tokens)
-        if stop - start < self.context_length + 1:
-            raise ValueError(
-                f"the {self.split} split of {self.path} has {stop - start} tokens (of "
-                f"{n_tokens}, val_fraction={val_fraction}), but context_length="
-                f"{self.context_length} needs at least {self.context_length + 1}"
-            )
-        return start, stop
+    def _windows(self, split, rng) -> tuple[np.ndarray, np.ndarray]:
+        tokens = self.tokens[split]
+        starts = rng.integers(0, len(tokens) - self.context_length, size=self.batch_size)
+        rows = np.stack([np.asarray(tokens[s : s + self.context_length + 1])
+                         for s in starts]).astype(np.int64)  # (B, T + 1)
+        return rows[:, :-1], rows[:, 1:]
 
-    @property
-    def n_tokens(self) -> int:
-        """Number of tokens in this split."""
-        return self.stop - self.start
+    def train_batch(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self._windows("train", np.random.default_rng((self.seed, index)))
 
-    def __len__(self) -> int:
-        return max(1, self.n_tokens // (self.batch_size * self.context_length))
+    def eval_batches(self, split: str, count: int) -> list:
+        """A fixed set of batches (the same at every evaluation, so losses compare)."""
+        rng = np.random.default_rng((self.seed, 2**31 - 1, split == "val"))
+        return [self._windows(split, rng) for _ in range(count)]
 
-    def get_batch(self) -> tuple[np.ndarray, np.ndarray]:
-        """One batch: x and y, int64 arrays of shape (batch_size, context_length)."""
-        # Open the memmap per batch, as nanoGPT does: a long-lived memmap keeps every page it
-        # touched mapped, which looks like a memory leak on big files.
-        tokens = np.memmap(self.path, dtype=TOKEN_DTYPE, mode="r")[self.start : self.stop]
-        T = self.context_length
-        offsets = self._rng.integers(0, len(tokens) - T, size=self.batch_size)
-        x = np.stack([tokens[i : i + T] for i in offsets]).astype(np.int64)
-        y = np.stack([tokens[i + 1 : i + 1 + T] for i in offsets]).astype(np.int64)
-        return x, y
 
-    def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for _ in range(len(self)):
-            yield self.get_batch()
+class EpochBatches:
+    """The book's batching: examples in shuffled epochs, the last incomplete batch dropped
+    (``DataLoader(shuffle=True, drop_last=True)``), for pretraining windows, instruction
+    examples and preference pairs alike — ``collate`` turns a list of examples into a batch.
+
+    Training batch ``i`` is position ``i % batches_per_epoch`` of epoch
+    ``i // batches_per_epoch``, whose order is a permutation drawn from a generator seeded with
+    ``(seed, epoch)``: a pure function of ``i``. Evaluation takes the first ``count`` batches
+    of a split in stored order, the last one possibly smaller (the book's validation loader).
+    """
+
+    def __init__(self, train_examples, val_examples, batch_size, seed=0,
+                 collate: Callable = default_collate, shuffle=True):
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.examples = {"train": train_examples, "val": val_examples}
+        self.seed, self.collate, self.shuffle = seed, collate, shuffle
+        self.batches_per_epoch = len(train_examples) // self.batch_size
+        if self.batches_per_epoch == 0:
+            raise ValueError(f"the training set has {len(train_examples)} examples, fewer than "
+                             f"one batch of {self.batch_size}")
+        if len(val_examples) == 0:
+            raise ValueError("the validation set is empty")
+
+    def epoch_order(self, epoch: int) -> np.ndarray:
+        """The order in which epoch ``epoch`` visits the training examples."""
+        n = len(self.examples["train"])
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng((self.seed, epoch)).permutation(n)
+
+    def train_batch(self, index: int):
+        epoch, position = divmod(index, self.batches_per_epoch)
+        start = position * self.batch_size
+        chosen = self.epoch_order(epoch)[start : start + self.batch_size]
+        return self.collate([self.examples["train"][int(i)] for i in chosen])
+
+    def eval_batches(self, split: str, count: int) -> list:
+        examples, batches = self.examples[split], []
+        for start in range(0, len(examples), self.batch_size)[:count]:
+            stop = min(start + self.batch_size, len(examples))
+            batches.append(self.collate([examples[i] for i in range(start, stop)]))
+        return batches

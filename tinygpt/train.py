@@ -26,11 +26,13 @@ import numpy
 from tinygpt import backend
 from tinygpt import functional as F
 from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from tinygpt.data import BatchSource
 from tinygpt.distributed import DataParallel, ZeroAdamW
-from tinygpt.fileio import atomic_write
 from tinygpt.generation import generate
+from tinygpt.nn import evaluating
 from tinygpt.optim import AdamW, param_groups_for_weight_decay, warmup_cosine_lr
 from tinygpt.tensor import no_grad
+from tinygpt.tokenizer import ENDOFTEXT
 
 
 @dataclass
@@ -66,7 +68,7 @@ class TrainConfig:
 
 @dataclass
 class History:
-    """What the loop measured; plotted by ``plot_losses``."""
+    """What the loop measured; plotted by ``tinygpt.plots.plot_losses``."""
 
     steps: list = field(default_factory=list)
     train_loss: list = field(default_factory=list)
@@ -80,75 +82,6 @@ class TrainingError(RuntimeError):
     """Training stopped: a non-finite loss, or a checkpoint that does not fit."""
 
 
-# ----------------------------------------------------------------------------- batches
-
-class RandomWindows:
-    """nanoGPT-style batches: random windows of ``context_length + 1`` tokens from a token
-    stream (x is the window without its last token, y without its first).
-
-    The windows of training step ``i`` come from a generator seeded with (seed, i), so any
-    step's batch can be drawn again, which is what makes resuming exact. ``tokens`` may be a
-    NumPy memmap of a token file larger than memory: only the chosen windows are read.
-    """
-
-    def __init__(self, train_tokens, val_tokens, batch_size, context_length, seed=0):
-        for name, tokens in (("training", train_tokens), ("validation", val_tokens)):
-            if len(tokens) < context_length + 1:
-                raise ValueError(f"the {name} split has {len(tokens)} tokens, fewer than "
-                                 f"context_length + 1 = {context_length + 1}")
-        self.tokens = {"train": train_tokens, "val": val_tokens}
-        self.batch_size, self.context_length, self.seed = batch_size, context_length, seed
-
-    def _windows(self, split, rng):
-        tokens = self.tokens[split]
-        starts = rng.integers(0, len(tokens) - self.context_length, size=self.batch_size)
-        rows = numpy.stack([numpy.asarray(tokens[s:s + self.context_length + 1])
-                            for s in starts]).astype(numpy.int64)
-        return rows[:, :-1], rows[:, 1:]
-
-    def train_batch(self, index):
-        return self._windows("train", numpy.random.default_rng((self.seed, index)))
-
-    def eval_batches(self, split, count):
-        """A fixed set of batches (the same at every evaluation, so losses compare)."""
-        rng = numpy.random.default_rng((self.seed, 2**31 - 1, split == "val"))
-        return [self._windows(split, rng) for _ in range(count)]
-
-
-class EpochBatches:
-    """The book's batches: a dataset of (x, y) pairs in shuffled epochs, dropping the last
-    incomplete batch. Epoch ``e`` is shuffled with a generator seeded with (seed, e)."""
-
-    def __init__(self, train_dataset, val_dataset, batch_size, seed=0, shuffle=True):
-        self.datasets = {"train": train_dataset, "val": val_dataset}
-        self.batch_size, self.seed, self.shuffle = batch_size, seed, shuffle
-        self.batches_per_epoch = len(train_dataset) // batch_size
-        if self.batches_per_epoch == 0:
-            raise ValueError(f"the training set has {len(train_dataset)} examples, fewer than "
-                             f"one batch of {batch_size}")
-        if len(val_dataset) == 0:
-            raise ValueError("the validation set is empty")
-
-    def _collate(self, dataset, indices):
-        pairs = [dataset[int(i)] for i in indices]
-        return (numpy.stack([p[0] for p in pairs]).astype(numpy.int64),
-                numpy.stack([p[1] for p in pairs]).astype(numpy.int64))
-
-    def train_batch(self, index):
-        epoch, position = divmod(index, self.batches_per_epoch)
-        n = len(self.datasets["train"])
-        order = (numpy.random.default_rng((self.seed, epoch)).permutation(n)
-                 if self.shuffle else numpy.arange(n))
-        start = position * self.batch_size
-        return self._collate(self.datasets["train"], order[start:start + self.batch_size])
-
-    def eval_batches(self, split, count):
-        dataset = self.datasets[split]
-        size = min(self.batch_size, len(dataset))
-        starts = range(0, len(dataset) - size + 1, size)
-        return [self._collate(dataset, range(s, s + size)) for s in list(starts)[:count]]
-
-
 # ----------------------------------------------------------------------------- loss
 
 def batch_loss(model, x, y):
@@ -160,14 +93,11 @@ def evaluate(model, batches, parallel=None) -> float:
     """Mean loss over ``batches`` in eval mode (no dropout, no graph); over several
     processes each takes its rows of every batch and the weighted means are summed."""
     parallel = parallel if parallel is not None else DataParallel()
-    was_training = model.training
-    model.eval()
-    with no_grad():
+    with evaluating(model), no_grad():
         losses = []
         for x, y in batches:
             x, y, share = parallel.local_rows(x, y)
             losses.append(share * batch_loss(model, x, y).item())
-    model.train(was_training)
     return parallel.sum(float(numpy.mean(losses)))
 
 
@@ -203,9 +133,10 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self.previous)
 
 
-def train(model, batches, cfg: TrainConfig, out_dir=None, tokenizer=None, resume=True,
-          log=print, progress=True, parallel=None) -> History:
-    """Train ``model`` on ``batches`` (RandomWindows or EpochBatches) for cfg.max_steps.
+def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer=None,
+          resume=True, log=print, progress=True, parallel=None) -> History:
+    """Train ``model`` on ``batches`` (``tinygpt.data.RandomWindows`` or ``EpochBatches``)
+    for cfg.max_steps.
 
     With ``out_dir``, checkpoints go to out_dir/checkpoint.safetensors every
     ``checkpoint_every`` steps, at the end, and on Ctrl-C; a run finding one there (and
@@ -317,33 +248,7 @@ def _progress_bar(start, total, enabled):
 
 def sample_text(model, tokenizer, prompt, max_new_tokens=50) -> str:
     """A greedy continuation of ``prompt`` (the book prints one after each epoch)."""
-    ids = tokenizer.encode(prompt, allowed_special={"<|endoftext|>"})
+    ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT})
     out = generate(model, [ids], max_new_tokens,
                    context_size=model.cfg.context_length)
     return tokenizer.decode(backend.move(out[0], "numpy").tolist()).replace("\n", " ")
-
-
-# ----------------------------------------------------------------------------- plotting
-
-def plot_losses(history: History, path) -> Path:
-    """The book's loss plot: training and validation loss against steps, with the number of
-    tokens seen on a second x-axis. Written atomically to ``path`` (PNG or PDF)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ax.plot(history.steps, history.train_loss, label="Training loss")
-    ax.plot(history.steps, history.val_loss, linestyle="-.", label="Validation loss")
-    ax.set_xlabel("Steps")
-    ax.set_ylabel("Loss")
-    ax.legend(loc="upper right")
-    top = ax.twiny()  # same curve against tokens seen, only to label the top axis
-    top.plot(history.tokens_seen, history.train_loss, alpha=0)
-    top.set_xlabel("Tokens seen")
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
-    plt.close(fig)
-    return path

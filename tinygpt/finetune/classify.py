@@ -41,6 +41,7 @@ from tinygpt.nn.gpt import GPTModel
 from tinygpt.nn.layers import Linear
 from tinygpt.nn.lora import LoRALinear, apply_lora, lora_parameter_report
 from tinygpt.nn.module import Module
+from tinygpt.plots import plot_classifier_history
 from tinygpt.tensor import Tensor, no_grad
 
 LABELS = ("ham", "spam")  # class 0, class 1 (the book's "not spam" / "spam")
@@ -452,42 +453,6 @@ def train_classifier_simple(model, train_loader, val_loader, optimizer, num_epoc
     optimizer.zero_grad()
     history.total_examples = examples_seen
     return history
-
-
-def plot_classifier_history(history: ClassifierHistory, path) -> Path:
-    """The book's two plots side by side: loss and accuracy against epochs (with examples
-    seen on a second x-axis). Written atomically to ``path`` (PNG, PDF, ...)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
-    epochs = max(history.num_epochs, 1)
-    panels = ((loss_ax, "Loss", history.train_losses, history.val_losses, history.examples_seen),
-              (acc_ax, "Accuracy", history.train_accs, history.val_accs,
-               numpy.linspace(0, history.total_examples, len(history.train_accs) + 1)[1:]))
-    for ax, label, train_values, val_values, examples in panels:
-        if not train_values:
-            continue
-        if label == "Loss":
-            seen = numpy.asarray(examples, dtype=float)
-            x = seen / max(history.total_examples, 1) * epochs
-        else:
-            x = numpy.arange(1, len(train_values) + 1)
-        ax.plot(x, train_values, label=f"Training {label.lower()}")
-        ax.plot(x, val_values, linestyle="-.", label=f"Validation {label.lower()}")
-        ax.set_xlabel("Epochs")
-        ax.set_ylabel(label)
-        ax.legend()
-        top = ax.twiny()  # the same curve against examples seen, only to label the top axis
-        top.plot(examples, train_values, alpha=0)
-        top.set_xlabel("Examples seen")
-    fig.tight_layout()
-    path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format=path.suffix.lstrip(".") or "png"))
-    plt.close(fig)
-    return path
 
 
 # ----------------------------------------------------------------------------- using it

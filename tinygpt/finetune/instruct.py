@@ -522,7 +522,7 @@ def run_instruction_finetuning(args, log=print):
         _save_tokenizer(tokenizer, out)
         log(f"checkpoint: {out / 'checkpoint.safetensors'}")
     if history.steps:
-        from tinygpt.train import plot_losses
+        from tinygpt.plots import plot_losses
 
         log(f"loss plot: {plot_losses(history, out / 'losses.png')}")
     model.eval()

@@ -4,7 +4,7 @@ from tinygpt.nn.attention import KVCache, MultiHeadAttention
 from tinygpt.nn.gpt import FeedForward, GPTModel, TransformerBlock
 from tinygpt.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear
 from tinygpt.nn.lora import LoRALayer, LoRALinear, apply_lora, lora_parameter_report, merge_lora
-from tinygpt.nn.module import Module, Parameter, Sequential
+from tinygpt.nn.module import Module, Parameter, Sequential, evaluating
 from tinygpt.nn.quantization import (QuantizedEmbedding, QuantizedLinear, QuantizedWeight,
                                      quantize, quantized_mode)
 
@@ -12,6 +12,6 @@ __all__ = [
     "Dropout", "Embedding", "FeedForward", "GELU", "GPTModel", "KVCache", "LayerNorm",
     "Linear", "LoRALayer", "LoRALinear", "Module", "MultiHeadAttention", "Parameter",
     "QuantizedEmbedding", "QuantizedLinear", "QuantizedWeight", "Sequential",
-    "TransformerBlock", "apply_lora", "lora_parameter_report", "merge_lora", "quantize",
-    "quantized_mode",
+    "TransformerBlock", "apply_lora", "evaluating", "lora_parameter_report", "merge_lora",
+    "quantize", "quantized_mode",
 ]

@@ -8,6 +8,8 @@ lets a state dict move between tinygpt and the book's PyTorch model unchanged.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy
 
 from tinygpt import backend
@@ -140,6 +142,23 @@ class Module:
             body = repr(child).replace("\n", "\n  ")
             lines.append(f"  ({name}): {body}")
         return "\n".join(lines) + ")" if len(lines) > 1 else f"{type(self).__name__}()"
+
+
+@contextmanager
+def evaluating(model: Module):
+    """Run the block with ``model`` in eval mode (dropout off), then put back the mode it had.
+
+        with evaluating(model), no_grad():
+            loss = loss_fn(model(x), y)
+
+    Evaluation inside a training loop must not leave the model in eval mode, and a model
+    that was already in eval mode (say, generating text) must stay there."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
 
 
 def _to_active(array, dtype):

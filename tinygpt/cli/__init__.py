@@ -1,0 +1,46 @@
+"""The ``tinygpt`` command: one sub-command per job, one module per command group.
+
+    tinygpt generate "Every effort moves you" --model gpt2      (cli/generate.py)
+    tinygpt train --data input.txt --config baby --out runs/baby (cli/train.py)
+    tinygpt info gpt2-124M ; tinygpt prepare big.txt big.bin     (cli/info.py)
+    tinygpt finetune-classifier | finetune-instruct | chat | judge | finetune-dpo
+
+Shared options (``--model``, sampling, evaluation, optimizer) are written once, in
+``cli/options.py``. ``main`` turns the errors a user can cause into one line and an exit
+status: 1 for bad input, 130 for Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from tinygpt.cli import generate, info, train
+from tinygpt.cli.options import HelpFormatter
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from tinygpt.finetune import classify, instruct
+
+    parser = argparse.ArgumentParser(
+        prog="tinygpt", formatter_class=HelpFormatter,
+        description="A GPT-2 built from NumPy up: generate, train, fine-tune.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    generate.add_parser(sub, HelpFormatter)
+    train.add_parser(sub, HelpFormatter)
+    info.add_parsers(sub, HelpFormatter)
+    classify.add_parser(sub)
+    instruct.add_parsers(sub)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, RuntimeError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0

@@ -1,0 +1,119 @@
+"""``tinygpt train``: pretrain a GPT on a text or token file, resumable from its --out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy
+
+from tinygpt import backend
+from tinygpt.cli.options import (
+    add_eval_options,
+    add_seed_option,
+    add_training_options,
+    fraction,
+    non_negative_int,
+    positive_int,
+    probability,
+)
+from tinygpt.tokenizer import ENDOFTEXT
+
+
+def cmd_train(args):
+    from tinygpt.config import GPTConfig
+    from tinygpt.data import RandomWindows
+    from tinygpt.nn.gpt import GPTModel
+    from tinygpt.plots import plot_losses
+    from tinygpt.train import TrainConfig, train
+
+    out = Path(args.out)
+    tokenizer, tokens = _training_tokens(args, out)
+    overrides = {"vocab_size": tokenizer.n_vocab}
+    if args.context_length:
+        overrides["context_length"] = args.context_length
+    if args.dropout is not None:
+        overrides["drop_rate"] = args.dropout
+    model_cfg = GPTConfig.preset(args.config, **overrides)
+    split = int(len(tokens) * (1 - args.val_fraction))
+    batches = RandomWindows(tokens[:split], tokens[split:], args.batch_size,
+                            model_cfg.context_length, seed=args.seed)
+    cfg = TrainConfig(
+        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        peak_lr=args.lr, initial_lr=args.lr * 0.01 if args.warmup_steps else args.lr,
+        min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip or None, eval_every=args.eval_every,
+        eval_iters=args.eval_iters, sample_every=args.sample_every,
+        sample_prompt=args.sample_prompt, checkpoint_every=args.checkpoint_every,
+        seed=args.seed)
+    backend.manual_seed(args.seed)
+    model = GPTModel(model_cfg)
+    print(f"model: {args.config}, {model.num_parameters():,} parameters; "
+          f"{len(tokens):,} tokens ({split:,} train)")
+    history = train(model, batches, cfg, out_dir=out, tokenizer=tokenizer)
+    if history.steps:
+        print(f"loss plot: {plot_losses(history, out / 'losses.png')}")
+        print(f"final: train loss {history.train_loss[-1]:.4f}, "
+              f"val loss {history.val_loss[-1]:.4f}")
+
+
+def _training_tokens(args, out):
+    """(tokenizer, token array) for --data: a text file or a token file from `prepare`."""
+    from tinygpt.tokenizer import CharTokenizer, gpt2_encoding, save_tokenizer
+
+    data = Path(args.data)
+    if not data.is_file():
+        raise SystemExit(f"error: --data {data}: no such file")
+    if data.suffix == ".bin":
+        return gpt2_encoding(), numpy.memmap(data, dtype=numpy.uint16, mode="r")
+    text = data.read_text(encoding="utf-8")
+    if not text:
+        raise SystemExit(f"error: --data {data} is empty")
+    tokenizer_kind = args.tokenizer or ("char" if args.config == "baby" else "gpt2")
+    if tokenizer_kind == "char":
+        existing = out / "tokenizer.json"
+        tokenizer = (CharTokenizer.load(existing) if existing.is_file()
+                     else CharTokenizer.from_text(text))
+    else:
+        tokenizer = gpt2_encoding()
+    save_tokenizer(tokenizer, out)
+    tokens = numpy.asarray(tokenizer.encode(text, allowed_special={ENDOFTEXT}),
+                           dtype=numpy.int64)
+    return tokenizer, tokens
+
+
+def add_parser(sub, formatter):
+    p = sub.add_parser(
+        "train", help="pretrain a GPT on a text file (resumable)", formatter_class=formatter,
+        description="Train a GPT from scratch on --data. Checkpoints go to --out; running the "
+                    "same command again resumes from the last checkpoint.")
+    p.add_argument("--data", required=True,
+                   help="a UTF-8 text file, or a token file made by `tinygpt prepare` (.bin)")
+    p.add_argument("--config", default="baby",
+                   help="model size: baby (4 layers, 128 dims), gpt2-124M, gpt2-355M, "
+                        "gpt2-774M, gpt2-1558M")
+    p.add_argument("--out", required=True, help="directory for checkpoints, tokenizer and plot")
+    p.add_argument("--tokenizer", choices=["char", "gpt2"], default=None,
+                   help="characters (default for baby) or GPT-2 BPE (default otherwise)")
+    p.add_argument("--context-length", type=positive_int, default=None,
+                   help="tokens per training window (default: the config's)")
+    p.add_argument("--max-steps", type=positive_int, default=2000, help="optimizer steps")
+    add_training_options(p, lr=1e-3, batch_size=12, grad_clip=1.0)
+    p.add_argument("--grad-accum", type=positive_int, default=1,
+                   help="micro-batches whose gradients add up before each step")
+    p.add_argument("--min-lr", type=float, default=1e-4,
+                   help="learning rate at the end of the cosine decay")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=100,
+                   help="steps of linear warm-up to the peak rate")
+    p.add_argument("--dropout", type=probability, default=None,
+                   help="dropout rate (default: the config's)")
+    p.add_argument("--val-fraction", type=fraction, default=0.1,
+                   help="share of the tokens held out for validation")
+    add_eval_options(p, every=100, iters=20)
+    p.add_argument("--sample-every", type=non_negative_int, default=0,
+                   help="steps between printed samples (0: never)")
+    p.add_argument("--sample-prompt", default="\n", help="prompt for the printed samples (default: a newline)")
+    p.add_argument("--checkpoint-every", type=non_negative_int, default=500,
+                   help="steps between checkpoints (one is also written at the end and on "
+                        "Ctrl-C; 0: only then)")
+    add_seed_option(p, default=1337)
+    p.set_defaults(func=cmd_train)
