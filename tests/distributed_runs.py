@@ -18,9 +18,10 @@ import numpy as np
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
+from tinygpt.data import RandomWindows
 from tinygpt.distributed import DataParallel, abort_on_error, init
 from tinygpt.nn import GPTModel
-from tinygpt.train import RandomWindows, TrainConfig, train
+from tinygpt.train import TrainConfig, train
 
 MODEL = GPTConfig(vocab_size=37, context_length=8, emb_dim=16, n_heads=2, n_layers=2,
                   drop_rate=0.0)

@@ -10,8 +10,8 @@ import pytest
 import tinygpt
 from tinygpt.checkpoints import CHECKPOINT_NAME, load_checkpoint, model_from_checkpoint
 from tinygpt.config import GPTConfig
-from tinygpt.nn import GPTModel
 from tinygpt.data import BatchSource, EpochBatches, RandomWindows
+from tinygpt.nn import GPTModel
 from tinygpt.plots import plot_losses
 from tinygpt.train import TrainConfig, TrainingError, train
 from tinygpt.weights import CheckpointError

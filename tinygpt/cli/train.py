@@ -111,7 +111,8 @@ def add_parser(sub, formatter):
     add_eval_options(p, every=100, iters=20)
     p.add_argument("--sample-every", type=non_negative_int, default=0,
                    help="steps between printed samples (0: never)")
-    p.add_argument("--sample-prompt", default="\n", help="prompt for the printed samples (default: a newline)")
+    p.add_argument("--sample-prompt", default="\n",
+                   help="prompt for the printed samples (default: a newline)")
     p.add_argument("--checkpoint-every", type=non_negative_int, default=500,
                    help="steps between checkpoints (one is also written at the end and on "
                         "Ctrl-C; 0: only then)")

@@ -5,8 +5,13 @@ from tinygpt.nn.gpt import FeedForward, GPTModel, TransformerBlock
 from tinygpt.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear
 from tinygpt.nn.lora import LoRALayer, LoRALinear, apply_lora, lora_parameter_report, merge_lora
 from tinygpt.nn.module import Module, Parameter, Sequential, evaluating
-from tinygpt.nn.quantization import (QuantizedEmbedding, QuantizedLinear, QuantizedWeight,
-                                     quantize, quantized_mode)
+from tinygpt.nn.quantization import (
+                                     QuantizedEmbedding,
+                                     QuantizedLinear,
+                                     QuantizedWeight,
+                                     quantize,
+                                     quantized_mode,
+)
 
 __all__ = [
     "Dropout", "Embedding", "FeedForward", "GELU", "GPTModel", "KVCache", "LayerNorm",
