@@ -72,14 +72,15 @@ def threads_per_rank(ranks_on_this_machine: int) -> int:
     return max(1, (cores or 1) // ranks_on_this_machine)
 
 
-def mpiexec_command(nproc: int, python_args: list[str]) -> tuple[list[str], dict]:
+def mpiexec_command(nproc: int, python_args: list[str],
+                    threads: int | None = None) -> tuple[list[str], dict]:
     """The command and environment that run ``python *python_args`` on ``nproc`` ranks.
 
-    Each rank gets ``cores / nproc`` threads unless TINYGPT_NUM_THREADS says otherwise.
+    Each rank gets ``threads`` threads, else TINYGPT_NUM_THREADS, else ``cores / nproc``.
     """
     mpiexec = check_mpi_installed()
     env = dict(os.environ)
-    threads = env.get("TINYGPT_NUM_THREADS") or str(threads_per_rank(nproc))
+    threads = str(threads or env.get("TINYGPT_NUM_THREADS") or threads_per_rank(nproc))
     env.update({name: threads for name in _THREAD_VARIABLES})
     env["TINYGPT_NUM_THREADS"] = threads
     if hasattr(os, "geteuid") and os.geteuid() == 0:
