@@ -14,9 +14,10 @@ A reduce-scatter plus an all-gather moves as many bytes as the one all-reduce of
 replicated path, so sharding saves memory at no extra communication.
 
 The slice is a contiguous range of the flat vector, so it may cut a parameter in two; each
-piece of a parameter inside the slice is a small tensor viewing the flat buffer, and an
-ordinary ``AdamW`` updates those pieces (each keeps the weight decay of its parameter's
-group). Checkpoints hold the same optimizer state dict as one process: ``state_dict()``
+piece of a parameter inside the slice is a small tensor, and an ordinary ``AdamW`` updates
+those pieces (each keeps the weight decay of its parameter's group): every step copies the
+slice's parameter values in and the updated values out into the flat buffer that the
+all-gather then completes. Checkpoints hold the same optimizer state dict as one process: ``state_dict()``
 gathers the pieces into whole moments on rank 0, and ``load_state_dict()`` cuts a whole
 state dict into this rank's pieces, so a run saved with N ranks resumes with M.
 """
@@ -54,7 +55,7 @@ class ZeroAdamW:
 
     def _piece_groups(self):
         """Parameter groups of piece tensors: the parts of each group's parameters that lie
-        in this rank's slice, each a view of ``flat_params``."""
+        in this rank's slice (copies; ``step`` moves values in and out of them)."""
         first, last = self.bounds[self.comm.rank]
         spans = iter(enumerate(self.layout.spans()))
         piece_groups = []
@@ -65,7 +66,7 @@ class ZeroAdamW:
                 lo, hi = max(start, first), min(end, last)
                 if lo < hi:
                     self.pieces.append((index, lo, hi))
-                    pieces.append(Tensor(self.flat_params[lo:hi], requires_grad=True))
+                    pieces.append(Tensor(self.flat_params[lo:hi].copy(), requires_grad=True))
             rest = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             piece_groups.append({**rest, "params": pieces})
         return piece_groups
@@ -91,13 +92,16 @@ class ZeroAdamW:
         grad = self.comm.reduce_scatter_sum(self.layout.gather_grads(), self.bounds)
         if grad_clip:
             self._clip(grad, grad_clip)
-        for (index, lo, hi), piece in zip(self.pieces, self._piece_tensors()):
-            # refresh our slice from the parameters (a resume may have loaded new ones)
+        pieces = list(zip(self.pieces, self._piece_tensors()))
+        for (index, lo, hi), piece in pieces:
+            # the parameters are the truth (a resume may have loaded new ones)
             param, start = self.layout.params[index], self.layout.offsets[index]
-            self.flat_params[lo:hi] = param.data.reshape(-1)[lo - start:hi - start]
+            piece.data[...] = param.data.reshape(-1)[lo - start:hi - start]
             piece.grad = grad[lo - first:hi - first]
         self.inner.step()
         self.steps += 1
+        for (_, lo, hi), piece in pieces:
+            self.flat_params[lo:hi] = piece.data
         self.comm.all_gather_(self.flat_params, self.bounds)
         self.layout.scatter_params(self.flat_params)
 
