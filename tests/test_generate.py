@@ -17,6 +17,7 @@ transformers = pytest.importorskip("transformers")
 
 import tinygpt  # noqa: E402
 from tinygpt.generation import (  # noqa: E402
+    NUCLEUS_CANDIDATES,
     TextStreamer,
     filter_logits,
     generate,
@@ -265,6 +266,20 @@ def test_filter_logits_keeps_the_same_sets_as_transformers(temperature, top_k, t
     ours = numpy.isfinite(filter_logits(logits / temperature, top_k, top_p))
     numpy.testing.assert_array_equal(ours, _kept_by_transformers(logits, temperature, top_k,
                                                                  top_p))
+
+
+@pytest.mark.parametrize("scale, top_p, widens", [
+    (0.05, 0.9, True), (0.05, 0.999, True), (1.0, 0.95, True), (8.0, 0.3, False),
+    (8.0, 0.9, False)])
+def test_top_p_over_a_large_vocabulary_keeps_the_same_sets_as_transformers(scale, top_p,
+                                                                            widens):
+    """Flat distributions (scale 0.05) put thousands of tokens in the nucleus: more than the
+    candidates sorted first, so the search has to widen, up to the whole vocabulary."""
+    logits = numpy.random.default_rng(8).normal(0, scale, (4, 5000))
+    ours = numpy.isfinite(filter_logits(logits, None, top_p))
+    kept = _kept_by_transformers(logits, 1.0, None, top_p)
+    assert (kept.sum(axis=1).max() > NUCLEUS_CANDIDATES) == widens
+    numpy.testing.assert_array_equal(ours, kept)
 
 
 def _chi2_upper(df, z=3.719):

@@ -43,24 +43,52 @@ def _check_sampling_args(temperature, top_k, top_p, vocab_size):
         raise ValueError(f"top_p must be in (0, 1], got {top_p}")
 
 
+NUCLEUS_CANDIDATES = 64  # tokens sorted first when looking for the top-p nucleus
+
+
 def filter_logits(logits, top_k=None, top_p=None):
-    """Set to -inf every logit outside the top_k and outside the top_p nucleus. logits (B, V)."""
+    """Set to -inf every logit outside the top_k and outside the top_p nucleus. logits (B, V).
+
+    Neither sorts the whole vocabulary (50,257 tokens for GPT-2): top-k finds the k-th
+    largest logit with a partial sort (``partition``, linear time), and top-p sorts only
+    the most likely tokens (see ``_nucleus``)."""
     xp = backend.xp()
-    if top_k is not None and top_k < logits.shape[-1]:
-        kth = xp.sort(logits, axis=-1)[:, -top_k][:, None]  # the k-th largest value per row
+    vocab = logits.shape[-1]
+    if top_k is not None and top_k < vocab:
+        # after partitioning, position V - k holds the k-th largest value of each row
+        kth = xp.partition(logits, vocab - top_k, axis=-1)[:, vocab - top_k][:, None]
         logits = xp.where(logits < kth, -xp.inf, logits)
     if top_p is not None and top_p < 1.0:
-        order = xp.argsort(-logits, axis=-1)
-        sorted_logits = xp.take_along_axis(logits, order, axis=-1)
-        probs = _softmax(sorted_logits)
-        # Keep a token if the tokens ranked above it do not yet reach top_p: the most likely
-        # token is always kept, and the kept set is the smallest whose sum reaches top_p.
-        mass_before = xp.cumsum(probs, axis=-1) - probs
-        drop_sorted = mass_before >= top_p
-        drop = xp.zeros_like(drop_sorted)
-        xp.put_along_axis(drop, order, drop_sorted, axis=-1)
-        logits = xp.where(drop, -xp.inf, logits)
+        logits = xp.where(_nucleus(logits, top_p), logits, -xp.inf)
     return logits
+
+
+def _nucleus(logits, top_p):
+    """Mask (B, V) of the smallest set of most likely tokens whose probabilities add up to
+    ``top_p`` (the most likely token is always in it).
+
+    Only the k most likely tokens are sorted (``argpartition`` picks them, k = 64 first).
+    If they hold at least ``top_p`` of the probability, every token ranked below them has at
+    least ``top_p`` before it and is out, so sorting the rest would change nothing;
+    otherwise k grows eightfold and the search repeats (a flat distribution may need all)."""
+    xp = backend.xp()
+    vocab = logits.shape[-1]
+    probs = _softmax(logits)
+    k = min(NUCLEUS_CANDIDATES, vocab)
+    while True:
+        top = xp.argpartition(-probs, k - 1, axis=-1)[:, :k]  # the k most likely, unordered
+        top_probs = xp.take_along_axis(probs, top, axis=-1)
+        order = xp.argsort(-top_probs, axis=-1)  # sort those k only
+        top = xp.take_along_axis(top, order, axis=-1)
+        top_probs = xp.take_along_axis(top_probs, order, axis=-1)
+        mass = xp.cumsum(top_probs, axis=-1)
+        if k == vocab or bool((mass[:, -1] >= top_p).all()):
+            break
+        k = min(8 * k, vocab)
+    # Keep a token if the tokens ranked above it do not yet reach top_p.
+    keep = xp.zeros(probs.shape, dtype=bool)
+    xp.put_along_axis(keep, top, (mass - top_probs) < top_p, axis=-1)
+    return keep
 
 
 def _softmax(logits):
