@@ -148,7 +148,7 @@ class Tensor:
     """An array with an optional gradient and the graph edges that produced it."""
 
     __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "_scope",
-                 "__weakref__")
+                 "_grad_slot", "__weakref__")
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None, _parents=(), _op=""):
@@ -277,8 +277,7 @@ class Tensor:
             if g is None:  # every use returned None (a Function's "no gradient"): skip
                 continue
             if not node._parents and node._backward is None:
-                # a leaf: keep the gradient, summed over backward calls
-                node.grad = g if node.grad is None else node.grad + g
+                node._accumulate_grad(g)  # a leaf: keep the gradient, summed over calls
                 continue
             if node._backward is None:
                 raise RuntimeError(
@@ -298,6 +297,24 @@ class Tensor:
                 # Free as we go: the backward closure (and the arrays it saved) and the edges
                 # to the parents, so activations are released during the pass, not after it.
                 node._backward, node._parents = _graph_freed, ()
+
+    def _accumulate_grad(self, g) -> None:
+        """Add ``g`` to this leaf's ``.grad`` (the first one of a step is just stored).
+
+        A leaf may own a *gradient slot* (``_grad_slot``): its stretch of a flat gradient
+        array preallocated by ``tinygpt.optim.ParameterBuffer``. Then the first gradient is
+        written into the slot and later ones are added to it in place, so ``.grad`` stays a
+        view of that array and no gradient memory is allocated per step. Without a slot (or
+        when ``.grad`` was set to some other array), a new array is made, as before.
+        """
+        slot = getattr(self, "_grad_slot", None)  # unset for most tensors
+        if slot is None or (self.grad is not None and self.grad is not slot):
+            self.grad = g if self.grad is None else self.grad + g
+        elif self.grad is None:
+            slot[...] = g
+            self.grad = slot
+        else:
+            slot += g
 
     def _topological_order(self):
         """Nodes that need grad, each before every node that uses it (iterative DFS);

@@ -4,6 +4,10 @@ A module finds its parameters and sub-modules by looking at its own attributes, 
 they were set, so ``self.W_query = Linear(...)`` is all it takes to register one. Names join
 with dots (``trf_blocks.0.att.W_query.weight``), exactly as PyTorch names them, which is what
 lets a state dict move between tinygpt and the book's PyTorch model unchanged.
+
+``load_state_dict`` and ``to`` write into the parameters' existing arrays where they can, so
+a parameter that is a view into an optimizer's flat buffer (``tinygpt.optim.ParameterBuffer``)
+stays one.
 """
 
 from __future__ import annotations
@@ -82,6 +86,7 @@ class Module:
         return sum(p.size for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def zero_grad(self):
+        """Forget every gradient (``.grad = None``); slots in a flat buffer are kept."""
         for p in self.parameters():
             p.grad = None
 
@@ -97,8 +102,11 @@ class Module:
         return self.train(False)
 
     def requires_grad_(self, flag=True):
+        """Freeze (False) or unfreeze every parameter; frozen ones drop their gradient slot."""
         for p in self.parameters():
             p.requires_grad = flag
+            if not flag:
+                p.grad = p._grad_slot = None
         return self
 
     # ------------------------------------------------------------------ state
@@ -125,15 +133,21 @@ class Module:
             raise ValueError(f"load_state_dict into {type(self).__name__}: " + " | ".join(problems))
         for name, p in own.items():
             if name in state:
-                p.data = _to_active(state[name], p.dtype)
+                _copy_into(p, state[name])
         return self
 
     def to(self, device=None, dtype=None):
-        """Move every parameter to backend ``device`` and/or cast to ``dtype``, in place."""
+        """Move every parameter to backend ``device`` and/or cast to ``dtype``, in place.
+
+        A parameter that changes gets a new array and loses its gradient and gradient slot;
+        an optimizer's ``ParameterBuffer`` packs it again (in the new dtype) before its next
+        step.
+        """
         for p in self.parameters():
             data = p.data if device is None else backend.move(p.data, device)
-            p.data = data if dtype is None else data.astype(dtype)
-            p.grad = None
+            data = data if dtype is None else data.astype(dtype, copy=False)
+            if data is not p.data:
+                p.data, p.grad, p._grad_slot = data, None, None
         return self
 
     def __repr__(self):
@@ -161,13 +175,22 @@ def evaluating(model: Module):
         model.train(was_training)
 
 
-def _to_active(array, dtype):
-    """An array (NumPy, CuPy, or anything array-like) as a copy on the active backend."""
+def _copy_into(p: Tensor, array) -> None:
+    """Write ``array`` (NumPy, CuPy or array-like, shape already checked) into ``p.data``.
+
+    Written in place and cast to ``p``'s dtype, so a parameter that is a view into a flat
+    ``ParameterBuffer`` stays one; a parameter that is not on the active backend gets a new
+    array there instead (as loading always did).
+    """
+    target = backend.active().name
     if backend.is_array(array):
-        array = backend.move(array, backend.active().name)
+        array = backend.move(array, target)
     else:
         array = backend.xp().asarray(numpy.asarray(array))
-    return array.astype(dtype, copy=True)
+    if p.device == target:
+        p.data[...] = array
+    else:
+        p.data = array.astype(p.dtype, copy=True)
 
 
 class Sequential(Module):
