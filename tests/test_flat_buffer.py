@@ -1,7 +1,7 @@
 """The flat parameter/gradient buffer and the fused optimizer kernels.
 
 The Numba kernels against the readable reference of ``tinygpt.optim`` (``_update``, run with
-``TINYGPT_KERNELS=reference``) and against ``torch.optim``; the buffer's views surviving
+``kernels.using("reference")``) and against ``torch.optim``; the buffer's views surviving
 ``load_state_dict``, weight tying, LoRA and ``to(dtype)``; and gradient accumulation over
 micro-batches against PyTorch's gradient of the whole batch.
 """
@@ -12,7 +12,7 @@ import torch
 from torch_gpt import from_tinygpt
 
 import tinygpt
-from tinygpt import backend
+from tinygpt import backend, kernels
 from tinygpt import functional as F
 from tinygpt.nn import GPTModel, apply_lora
 from tinygpt.optim import SGD, AdamW, clip_grad_norm
@@ -57,12 +57,12 @@ OPTIMIZERS = {
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("name", OPTIMIZERS)
-def test_fused_kernels_equal_the_reference_update(name, dtype, monkeypatch):
+def test_fused_kernels_equal_the_reference_update(name, dtype):
     fused, optimizer = run_steps(OPTIMIZERS[name], dtype, skip=2)
     assert optimizer._can_fuse()
-    monkeypatch.setenv("TINYGPT_KERNELS", "reference")
-    reference, optimizer = run_steps(OPTIMIZERS[name], dtype, skip=2)
-    assert not optimizer._can_fuse()
+    with kernels.using("reference"):
+        reference, optimizer = run_steps(OPTIMIZERS[name], dtype, skip=2)
+        assert not optimizer._can_fuse()
     for a, b in zip(fused, reference):
         # the same operations in the same order: equal up to the last bit or one rounding
         np.testing.assert_allclose(a, b, rtol=4 * np.finfo(dtype).eps, atol=0)

@@ -99,6 +99,8 @@ class ZeroAdamW:
             piece.data[...] = param.data.reshape(-1)[lo - start:hi - start]
             piece.grad = grad[lo - first:hi - first]
         self.inner.step()
+        for (_, lo, hi), piece in zip(self.pieces, self._piece_tensors()):
+            self.flat_params[lo:hi] = piece.data  # AdamW packed the pieces into its own buffer
         self.steps += 1
         for (_, lo, hi), piece in pieces:
             self.flat_params[lo:hi] = piece.data

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tinygpt import backend
-from tinygpt.optim.optimizer import _xp
+from tinygpt.optim.optimizer import _numba_kernels_on, _xp
 from tinygpt.tensor import Tensor
 
 
@@ -51,7 +51,7 @@ def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0,
 
 def _numba_can_sum(params) -> bool:
     """True when the Numba norm kernel applies: kernels on and contiguous float gradients."""
-    return backend.kernels_enabled() and all(
+    return _numba_kernels_on() and all(
         backend.backend_of(p.grad).name == "numpy" and p.grad.flags.c_contiguous
         and p.grad.dtype.kind == "f" for p in params)
 

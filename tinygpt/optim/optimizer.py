@@ -25,6 +25,14 @@ def _xp(array):
     return backend.backend_of(array).xp
 
 
+def _numba_kernels_on() -> bool:
+    """True when the Numba kernels run (NumPy backend, Numba installed, not switched off
+    with ``TINYGPT_KERNELS=reference`` or ``kernels.use("reference")``)."""
+    from tinygpt import kernels
+
+    return kernels.impl() is not kernels.reference
+
+
 def _check_nonnegative(name: str, value) -> None:
     if not value >= 0.0:  # also catches NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
@@ -156,7 +164,7 @@ class Optimizer:
 
     def _can_fuse(self) -> bool:
         """True when ``_fused_step`` may run: a buffer, NumPy, kernels on (subclasses add)."""
-        return (self.buffer is not None and backend.kernels_enabled()
+        return (self.buffer is not None and _numba_kernels_on()
                 and backend.backend_of(self.buffer.data).name == "numpy")
 
     def _fused_step(self) -> None:
