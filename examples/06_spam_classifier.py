@@ -23,7 +23,8 @@ import json
 import time
 from pathlib import Path
 
-import tinygpt
+from tinygpt.fileio import atomic_write
+from tinygpt.finetune.base import SCRATCH_CONFIG, is_scratch, load_base_model
 from tinygpt.finetune.classify import (
     ClassifierTrainConfig,
     classify,
@@ -31,7 +32,6 @@ from tinygpt.finetune.classify import (
     finetune_classifier,
     sms_spam_splits,
 )
-from tinygpt.weights import atomic_write
 
 EXAMPLES = [
     "You are a winner you have been specially selected to receive $1000 cash or a $2000 "
@@ -40,15 +40,12 @@ EXAMPLES = [
 ]
 
 
-def scratch_model(args):
-    cfg = tinygpt.GPTConfig(vocab_size=50257, context_length=args.scratch_context,
-                            emb_dim=args.scratch_dim, n_heads=args.scratch_heads,
-                            n_layers=args.scratch_layers, drop_rate=args.dropout,
-                            qkv_bias=False)
-    tinygpt.manual_seed(args.seed)
-    from tinygpt.nn import GPTModel
-
-    return GPTModel(cfg)
+def scratch_config(args):
+    """The model ``--model scratch`` builds here: larger than the commands' default scratch
+    GPT, since this example trains it on the classification task alone."""
+    return SCRATCH_CONFIG.replace(context_length=args.scratch_context, emb_dim=args.scratch_dim,
+                                  n_heads=args.scratch_heads, n_layers=args.scratch_layers,
+                                  drop_rate=args.dropout)
 
 
 def main(argv=None):
@@ -71,7 +68,7 @@ def main(argv=None):
                         help="cut messages to this many tokens (default: the longest)")
     parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0: no LoRA)")
     parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha")
-    parser.add_argument("--eval-freq", type=int, default=50, help="steps between loss checks")
+    parser.add_argument("--eval-every", type=int, default=50, help="steps between loss checks")
     parser.add_argument("--seed", type=int, default=123, help="random seed (default 123)")
     parser.add_argument("--scratch-layers", type=int, default=4, help="scratch: blocks")
     parser.add_argument("--scratch-dim", type=int, default=256, help="scratch: emb_dim")
@@ -83,23 +80,18 @@ def main(argv=None):
 
     data = Path(args.data) if args.data else download_sms_spam()
     train, val, test = sms_spam_splits(data, seed=args.seed)
-    scratch = args.model == "scratch"
-    if scratch:
-        gpt = scratch_model(args)
-    else:
-        from tinygpt.checkpoints import load_model
-
-        try:
-            gpt, _ = load_model(args.model)
-        except (OSError, RuntimeError, ValueError) as err:
-            raise SystemExit(f"could not load --model {args.model}: {err}\n"
-                             "(no GPT-2 weights here? try --model scratch)") from None
+    scratch = is_scratch(args.model)
+    try:
+        gpt, _ = load_base_model(args.model, args.seed, scratch_config(args))
+    except (OSError, RuntimeError, ValueError) as err:
+        raise SystemExit(f"could not load --model {args.model}: {err}\n"
+                         "(no GPT-2 weights here? try --model scratch)") from None
     cfg = ClassifierTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size,
         lr=args.lr if args.lr is not None else (5e-4 if scratch else 5e-5),
         trainable=args.trainable or ("all" if scratch else "last-block"),
         max_length=args.max_length, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-        eval_freq=args.eval_freq, seed=args.seed)
+        eval_every=args.eval_every, seed=args.seed)
     print(f"model: {args.model}, {gpt.cfg}")
     start = time.perf_counter()
     model, results = finetune_classifier(gpt, train, val, test, cfg, out_dir=args.out)

@@ -25,7 +25,13 @@ figures (gpt2-medium, train loss 0.6 -> 0.1 over two epochs) need its pretrained
 import argparse
 import time
 
-from tinygpt.finetune import instruct
+from tinygpt.finetune.alpaca import DATA_URL
+from tinygpt.finetune.base import is_scratch
+from tinygpt.finetune.instruct.run import (
+    InstructConfig,
+    JudgeSettings,
+    run_instruction_finetuning,
+)
 
 
 def main(argv=None):
@@ -69,13 +75,21 @@ def main(argv=None):
 
     from tinygpt.download import fetch_data
 
-    args.data = str(fetch_data(instruct.DATA_URL, args.data))
-    if args.lr is None:
-        args.lr = 1e-3 if instruct.is_scratch(args.model) else 5e-5
-    print(f"data: {args.data}\nmodel: {args.model}, lr {args.lr}, {args.epochs} epochs, "
+    data = fetch_data(DATA_URL, args.data)
+    lr = args.lr if args.lr is not None else (1e-3 if is_scratch(args.model) else 5e-5)
+    judge = (JudgeSettings(args.judge_url, args.judge_api, args.judge_model)
+             if args.judge_url else None)
+    cfg = InstructConfig(
+        data=data, out=args.out, model=args.model, epochs=args.epochs,
+        batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
+        allowed_max_length=args.allowed_max_length, mask_prompt=args.mask_prompt,
+        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
+        max_new_tokens=args.max_new_tokens, num_test=args.num_test,
+        eval_every=args.eval_every, eval_iters=args.eval_iters, seed=args.seed, judge=judge)
+    print(f"data: {data}\nmodel: {args.model}, lr {lr}, {args.epochs} epochs, "
           f"batch size {args.batch_size}\n" + "-" * 50)
     start = time.perf_counter()
-    instruct.run_instruction_finetuning(args)
+    run_instruction_finetuning(cfg)
     print("-" * 50 + f"\ntotal wall time: {(time.perf_counter() - start) / 60:.2f} minutes")
 
 

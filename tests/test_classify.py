@@ -2,29 +2,24 @@
 last-real-token reading, trainable sets, saving, errors, and a tiny GPT that learns a
 clearly separable task."""
 
-import argparse
 import json
 
 import numpy as np
 import pytest
 
 import tinygpt
+from tinygpt.cli import main
 from tinygpt.config import GPTConfig
-from tinygpt.finetune.classify import (
-    PAD_TOKEN_ID,
+from tinygpt.finetune.alpaca import END_OF_TEXT_ID as PAD_TOKEN_ID
+from tinygpt.finetune.classify.checkpoint import load_classifier, save_classifier
+from tinygpt.finetune.classify.data import (
     ClassificationDataset,
-    ClassifierModel,
-    ClassifierTrainConfig,
-    add_parser,
     balance,
-    classify,
-    finetune_classifier,
-    load_classifier,
     read_labeled_tsv,
-    save_classifier,
-    set_trainable,
     split_examples,
 )
+from tinygpt.finetune.classify.model import classify, new_classifier, set_trainable
+from tinygpt.finetune.classify.run import ClassifierTrainConfig, finetune_classifier
 from tinygpt.nn import GPTModel, LoRALinear, apply_lora
 from tinygpt.tokenizer import gpt2_encoding
 
@@ -39,7 +34,9 @@ def tokenizer():
 
 def tiny_classifier(seed=0, **overrides):
     tinygpt.manual_seed(seed)
-    return ClassifierModel(GPTModel(TINY.replace(**overrides)), num_classes=2).eval()
+    classifier = new_classifier(GPTModel(TINY.replace(**overrides)))
+    classifier.model.eval()
+    return classifier
 
 
 def write_tsv(path, rows):
@@ -130,7 +127,7 @@ def test_classifier_batches_rows_of_different_lengths(tokenizer):
 
 def test_classifier_keeps_the_books_parameter_names():
     model = tiny_classifier()
-    params = dict(model.named_parameters())
+    params = dict(model.model.named_parameters())
     assert params["out_head.weight"].shape == (2, TINY.emb_dim)
     assert params["out_head.bias"].shape == (2,)
     gpt_names = set(GPTModel(TINY).state_dict()) - {"out_head.weight"}
@@ -143,6 +140,7 @@ def test_classifier_keeps_the_books_parameter_names():
 ])
 def test_trainable_sets_are_exactly_as_configured(spec, blocks, body):
     model = tiny_classifier()
+    model = model.model
     names = set(set_trainable(model, spec))
     expected = {n for n, _ in model.named_parameters()
                 if n.startswith("out_head.")
@@ -153,7 +151,7 @@ def test_trainable_sets_are_exactly_as_configured(spec, blocks, body):
 
 
 def test_trainable_all_and_bad_specs():
-    model = tiny_classifier()
+    model = tiny_classifier().model
     assert set(set_trainable(model, "all")) == {n for n, _ in model.named_parameters()}
     for bad in ("last-0", "last-4", "some", "last-x"):
         with pytest.raises(ValueError, match="trainable|blocks"):
@@ -165,8 +163,8 @@ def test_save_and_load_round_trip(tmp_path, tokenizer, lora):
     model = tiny_classifier()
     model.max_length = 20
     if lora:
-        apply_lora(model, rank=2, alpha=4)
-        for m in model.modules():
+        apply_lora(model.model, rank=2, alpha=4)
+        for m in model.model.modules():
             if isinstance(m, LoRALinear):
                 m.lora.B.data = np.full(m.lora.B.shape, 0.05, dtype="float32")
     data = ClassificationDataset([(0, "see you soon"), (1, "free cash prize")], tokenizer)
@@ -185,7 +183,7 @@ def test_save_and_load_round_trip(tmp_path, tokenizer, lora):
 
 
 def test_lora_classifier_trains_only_lora_matrices():
-    model = apply_lora(tiny_classifier(), rank=2, alpha=2)
+    model = apply_lora(tiny_classifier().model, rank=2, alpha=2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     assert trainable and all(n.endswith((".lora.A", ".lora.B")) for n in trainable)
     assert "out_head.lora.A" in trainable
@@ -215,7 +213,7 @@ def test_classifier_learns_a_separable_task(tmp_path, tokenizer):
     gpt = GPTModel(TINY.replace(emb_dim=32, n_layers=2))
     train, val, test = (separable_examples(n, seed) for n, seed in ((96, 0), (16, 1), (64, 2)))
     cfg = ClassifierTrainConfig(epochs=2, batch_size=8, lr=2e-3, trainable="all",
-                                eval_freq=10, eval_iter=2, seed=0)
+                                eval_every=10, eval_iters=2, seed=0)
     log = []
     model, results = finetune_classifier(gpt, train, val, test, cfg, out_dir=tmp_path,
                                          tokenizer=tokenizer, log=log.append)
@@ -231,22 +229,15 @@ def test_classifier_learns_a_separable_task(tmp_path, tokenizer):
 
 # ----------------------------------------------------------------------------- command line
 
-def test_add_parser_registers_the_command():
-    parser = argparse.ArgumentParser(prog="tinygpt")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_parser(sub)
-    args = parser.parse_args(["finetune-classifier", "--data", "sms.tsv", "--out", "runs/x",
-                              "--trainable", "last-2", "--lora-rank", "8"])
-    assert (args.data, args.model, args.out, args.epochs, args.batch_size, args.lr) == (
-        "sms.tsv", "gpt2", "runs/x", 5, 8, 5e-5)
-    assert (args.trainable, args.lora_rank, args.lora_alpha, args.seed) == ("last-2", 8, 16.0,
-                                                                             123)
-    help_text = sub.choices["finetune-classifier"].format_help()
+def test_finetune_classifier_help_lists_every_option(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune-classifier", "--help"])
+    help_text = capsys.readouterr().out
     for option in ("--epochs", "--batch-size", "--lr", "--trainable", "--max-length",
-                   "--lora-rank", "--lora-alpha", "--seed", "--model", "--data", "--out"):
+                   "--lora-rank", "--lora-alpha", "--seed", "--model", "--data", "--out",
+                   "--eval-every", "--eval-iters"):
         assert option in help_text
-    for action in sub.choices["finetune-classifier"]._actions:
-        assert action.help, f"{action.dest} has no help text"
+    assert "default: gpt2" in help_text and "scratch" in help_text
 
 
 def test_finetune_classifier_command_end_to_end(tmp_path, capsys):
@@ -256,25 +247,45 @@ def test_finetune_classifier_command_end_to_end(tmp_path, capsys):
     save_pretrained(GPTModel(TINY.replace(emb_dim=32, n_layers=2)), tmp_path / "gpt")
     rows = [("spam" if label else "ham", text) for label, text in separable_examples(80, 3)]
     data = write_tsv(tmp_path / "sms.tsv", rows + [("ham", "one more ham")])
-    parser = argparse.ArgumentParser(prog="tinygpt")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args([
+    assert main([
         "finetune-classifier", "--data", str(data), "--model", str(tmp_path / "gpt"),
         "--out", str(tmp_path / "out"), "--epochs", "2", "--lr", "2e-3", "--trainable", "all",
-        "--eval-freq", "5", "--seed", "1"])
-    args.func(args)
+        "--eval-every", "5", "--seed", "1"]) == 0
     printed = capsys.readouterr().out
     assert "56 training, 8 validation, 16 test messages" in printed  # 40 + 40 balanced
     assert "Test accuracy:" in printed
     model = load_classifier(tmp_path / "out")
     assert (tmp_path / "out" / "accuracy-loss.png").is_file()
     assert classify(model, "claim your free cash prize now") == "spam"
+    # ... and from the command line, as a user labels a message:
+    assert main(["classify", "--model", str(tmp_path / "out"),
+                 "claim your free cash prize now"]) == 0
+    assert capsys.readouterr().out == "spam\n"
+    assert main(["classify", "--model", str(tmp_path / "out"), "see you at lunch 3",
+                 "urgent winner reward now"]) == 0
+    assert capsys.readouterr().out == "ham\tsee you at lunch 3\nspam\turgent winner reward now\n"
+
+
+def test_classify_names_a_directory_without_a_classifier(tmp_path, capsys):
+    assert main(["classify", "--model", str(tmp_path), "hello"]) == 1
+    assert "holds no saved classifier: classifier.json is missing" in capsys.readouterr().err
+
+
+def test_finetune_classifier_accepts_scratch_like_the_other_commands(tmp_path, capsys):
+    rows = [("spam" if label else "ham", text) for label, text in separable_examples(40, 4)]
+    data = write_tsv(tmp_path / "sms.tsv", rows)
+    assert main(["finetune-classifier", "--data", str(data), "--model", "scratch",
+                 "--out", str(tmp_path / "out"), "--epochs", "1", "--eval-every", "50",
+                 "--eval-iters", "1"]) == 0
+    assert "Test accuracy:" in capsys.readouterr().out
+    classifier = load_classifier(tmp_path / "out")
+    assert classifier.model.cfg.n_layers == 2 and classifier.model.cfg.emb_dim == 128
 
 
 def test_download_sms_spam_extracts_the_cached_zip(tmp_path):
     import zipfile
 
-    from tinygpt.finetune.classify import download_sms_spam
+    from tinygpt.finetune.classify.data import download_sms_spam
 
     content = "ham\tsee you\nspam\tfree cash\n"
     with zipfile.ZipFile(tmp_path / "sms+spam+collection.zip", "w") as z:  # as if downloaded

@@ -3,7 +3,6 @@ sequence log-probabilities, its gradients by finite differences, the masked log-
 against torch.log_softmax, the book's preference collate, and a few steps of training that
 widen the chosen-vs-rejected margin."""
 
-import argparse
 import json
 
 import numpy
@@ -11,8 +10,10 @@ import pytest
 import torch
 
 import tinygpt
+from tinygpt.cli import main
 from tinygpt.config import GPTConfig
-from tinygpt.finetune import dpo, instruct
+from tinygpt.finetune import dpo
+from tinygpt.finetune.alpaca import RESPONSES_FILE, format_input
 from tinygpt.finetune.dpo import (
     DPOConfig,
     collate_preference,
@@ -22,6 +23,7 @@ from tinygpt.finetune.dpo import (
     sequence_logprobs,
     train_dpo,
 )
+from tinygpt.finetune.dpo import run as dpo_run
 from tinygpt.nn import GPTModel
 from tinygpt.tokenizer import gpt2_encoding
 
@@ -94,7 +96,7 @@ def test_encoded_preference_entry_masks_select_the_response_as_in_the_book():
         selected = batch[key][0][batch[f"{key}_mask"][0]].tolist()
         assert enc.decode(selected) == "### Response:\n" + entry[key]
         assert enc.decode(batch[key][0][:len(items[0][key])].tolist()) == (
-            instruct.format_input(entry) + "\n\n### Response:\n" + entry[key])
+            format_input(entry) + "\n\n### Response:\n" + entry[key])
 
 
 # ----------------------------------------------------------------------------- log-probs
@@ -251,20 +253,17 @@ def test_finetune_dpo_command_end_to_end(tmp_path, monkeypatch):
     tinygpt.manual_seed(0)
     tiny = GPTModel(GPTConfig(vocab_size=50257, context_length=64, emb_dim=16, n_heads=2,
                               n_layers=1, drop_rate=0.0))
-    monkeypatch.setattr(instruct, "load_base_model", lambda name, seed=0: (tiny,
-                                                                           gpt2_encoding()))
-    parser = argparse.ArgumentParser()
-    dpo.add_finetune_dpo(parser.add_subparsers())
+    monkeypatch.setattr(dpo_run, "load_base_model", lambda name, seed=0: (tiny,
+                                                                          gpt2_encoding()))
     out = tmp_path / "dpo"
-    args = parser.parse_args(["finetune-dpo", "--data", str(data), "--model", "x", "--out",
-                              str(out), "--beta", "0.2", "--batch-size", "4", "--max-steps",
-                              "2", "--eval-every", "1", "--eval-iters", "1", "--lr", "1e-3",
-                              "--num-test", "1", "--max-new-tokens", "2"])
-    args.func(args)
+    assert main(["finetune-dpo", "--data", str(data), "--model", "x", "--out",
+                 str(out), "--beta", "0.2", "--batch-size", "4", "--max-steps",
+                 "2", "--eval-every", "1", "--eval-iters", "1", "--lr", "1e-3",
+                 "--num-test", "1", "--max-new-tokens", "2"]) == 0
     assert (out / "model.safetensors").is_file() and (out / "config.json").is_file()
     history = json.loads((out / "dpo-history.json").read_text())
     assert history["config"]["beta"] == 0.2 and history["steps"] == [1, 2]
-    assert len(json.loads((out / instruct.RESPONSES_FILE).read_text())) == 1
+    assert len(json.loads((out / RESPONSES_FILE).read_text())) == 1
     reloaded = tinygpt.load_gpt2(out)
     numpy.testing.assert_allclose(reloaded.state_dict()["tok_emb.weight"],
                                   tiny.state_dict()["tok_emb.weight"])

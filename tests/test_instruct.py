@@ -1,7 +1,6 @@
 """Instruction fine-tuning: the book's prompt format and collate function, exactly; and a tiny
 GPT that memorises eight instructions and answers them back word for word."""
 
-import argparse
 import contextlib
 import io
 import json
@@ -10,17 +9,14 @@ import numpy
 import pytest
 
 import tinygpt
+from tinygpt.cli import main
 from tinygpt.config import GPTConfig
-from tinygpt.finetune import instruct
-from tinygpt.finetune.instruct import (
-    RESPONSE_HEADER,
-    InstructionBatches,
-    collate,
-    encode_entries,
-    format_input,
-    format_response,
-    split_data,
-)
+from tinygpt.finetune import alpaca, instruct
+from tinygpt.finetune.alpaca import RESPONSE_HEADER, RESPONSES_FILE, split_data
+from tinygpt.finetune.instruct import collate, encode_entries, format_input, format_response
+from tinygpt.finetune.instruct import run as instruct_run
+from tinygpt.finetune.instruct.data import instruction_batches
+from tinygpt.finetune.instruct.run import InstructConfig, run_instruction_finetuning
 from tinygpt.nn import GPTModel
 from tinygpt.tokenizer import gpt2_encoding
 
@@ -93,10 +89,10 @@ def test_load_entries_names_what_is_wrong(tmp_path):
     path = tmp_path / "data.json"
     path.write_text(json.dumps([{"instruction": "x", "input": ""}]))
     with pytest.raises(ValueError, match="entry 0 lacks the text field.*output"):
-        instruct.load_entries(path)
+        alpaca.load_entries(path)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
-        instruct.load_entries(path)
+        alpaca.load_entries(path)
 
 
 # ----------------------------------------------------------------------------- collate
@@ -169,7 +165,7 @@ def test_encode_entries_pairs_split_the_full_text_at_the_prompt():
 
 def test_instruction_batches_are_deterministic_shuffled_epochs():
     items = [[i] * (i % 3 + 1) for i in range(10)]
-    batches = InstructionBatches(items, items[:3], batch_size=3, seed=7)
+    batches = instruction_batches(items, items[:3], batch_size=3, seed=7)
     assert batches.batches_per_epoch == 3  # the 10th item is dropped each epoch
     first = [batches.train_batch(i) for i in range(3)]
     for i, (x, y) in enumerate(first):
@@ -276,57 +272,35 @@ def test_chat_ends_at_end_of_input(memorised):
     assert stdout.getvalue() == "The capital of France is Paris.\n"
 
 
-def test_stop_streamer_holds_back_a_heading_and_stops_at_it():
-    shown = []
-    printer = instruct._StopStreamer(shown.append)
-    for text in ["Paris", "Paris is", "Paris is big.\n", "Paris is big.\n\n#",
-                 "Paris is big.\n\n##", "Paris is big.\n\n### Instruction"]:
-        printer.update(text)
-        if printer.stopped:
-            break
-    assert printer.stopped
-    assert "".join(shown) == "Paris is big."
-    printer.finish("Paris is big.\n\n### Instruction")
-    assert "".join(shown) == "Paris is big."
-
-
-def test_stop_streamer_waits_for_a_whole_character():
-    shown = []
-    printer = instruct._StopStreamer(shown.append)
-    printer.update("Où\ufffd")
-    assert "".join(shown) == "Où"
-    printer.update("Où est")
-    assert printer.finish("Où est") == "Où est" and "".join(shown) == "Où est"
-
-
 # ----------------------------------------------------------------------------- command line
 
-def _parser():
-    parser = argparse.ArgumentParser(prog="tinygpt")
-    sub = parser.add_subparsers(dest="command", required=True)
-    instruct.add_parsers(sub)
-    return parser, sub
+FINETUNE_COMMANDS = ("finetune-classifier", "classify", "finetune-instruct", "judge", "chat",
+                     "finetune-dpo")
 
 
-def test_every_command_and_option_has_help():
-    _, sub = _parser()
-    assert {"finetune-instruct", "judge", "chat", "finetune-dpo"} <= set(sub.choices)
-    for name, command in sub.choices.items():
-        for action in command._actions:
-            if action.dest != "help":
-                assert action.help, f"{name} {action.option_strings} has no help"
+@pytest.mark.parametrize("command", FINETUNE_COMMANDS)
+def test_every_command_and_option_has_help(command):
+    from tinygpt.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert set(FINETUNE_COMMANDS) <= set(sub.choices)
+    for action in sub.choices[command]._actions:
+        if action.dest != "help":
+            assert action.help, f"{command} {action.option_strings} has no help"
 
 
-def test_finetune_instruct_defaults_are_the_books():
-    parser, _ = _parser()
-    args = parser.parse_args(["finetune-instruct", "--data", "d.json", "--out", "o"])
-    assert (args.epochs, args.batch_size, args.lr, args.weight_decay) == (2, 8, 5e-5, 0.1)
-    assert (args.allowed_max_length, args.mask_prompt, args.lora_rank) == (1024, False, 0)
-    assert args.model == "gpt2-medium"
+def test_finetune_instruct_defaults_are_the_books(monkeypatch):
+    seen = []
+    monkeypatch.setattr(instruct_run, "run_instruction_finetuning", seen.append)
+    assert main(["finetune-instruct", "--data", "d.json", "--out", "o"]) == 0
+    cfg = seen[0]
+    assert (cfg.epochs, cfg.batch_size, cfg.lr, cfg.weight_decay) == (2, 8, 5e-5, 0.1)
+    assert (cfg.allowed_max_length, cfg.mask_prompt, cfg.lora_rank) == (1024, False, 0)
+    assert cfg.model == "gpt2-medium"
 
 
-def test_finetune_instruct_command_end_to_end(tmp_path, monkeypatch):
-    """The command on 20 made-up entries with a minute GPT (GPT-2 vocabulary, 16 dims)."""
+def test_finetune_instruct_end_to_end(tmp_path, monkeypatch):
+    """The run on 20 made-up entries with a minute GPT (GPT-2 vocabulary, 16 dims)."""
     entries = [{"instruction": f"Repeat the number {i}.", "input": "" if i % 2 else str(i),
                 "output": f"The number is {i}."} for i in range(20)]
     data = tmp_path / "data.json"
@@ -334,19 +308,16 @@ def test_finetune_instruct_command_end_to_end(tmp_path, monkeypatch):
     tinygpt.manual_seed(0)
     model = GPTModel(GPTConfig(vocab_size=50257, context_length=64, emb_dim=16, n_heads=2,
                                n_layers=1, drop_rate=0.0))
-    monkeypatch.setattr(instruct, "load_base_model", lambda name, seed=0: (model,
-                                                                           gpt2_encoding()))
-    parser, _ = _parser()
+    monkeypatch.setattr(instruct_run, "load_base_model", lambda name, seed=0: (model,
+                                                                               gpt2_encoding()))
     out = tmp_path / "run"
-    args = parser.parse_args([
-        "finetune-instruct", "--data", str(data), "--model", "tiny", "--out", str(out),
-        "--epochs", "1", "--batch-size", "4", "--lr", "1e-3", "--mask-prompt",
-        "--max-new-tokens", "3", "--eval-every", "2", "--eval-iters", "1"])
+    cfg = InstructConfig(data=data, model="tiny", out=out, epochs=1, batch_size=4, lr=1e-3,
+                         mask_prompt=True, max_new_tokens=3, eval_every=2, eval_iters=1)
     logged = []
-    history, responses = instruct.run_instruction_finetuning(args, log=logged.append)
+    history, responses = run_instruction_finetuning(cfg, log=logged.append)
     assert len(history.step_loss) == 4  # 17 training entries // 4
     assert (out / "checkpoint.safetensors").is_file() and (out / "losses.png").is_file()
-    saved = json.loads((out / instruct.RESPONSES_FILE).read_text())
+    saved = json.loads((out / RESPONSES_FILE).read_text())
     assert saved == responses and len(saved) == 2  # int(0.1 * 20) test entries
     assert all(s.items() >= e.items() for s, e in zip(saved, entries[17:19]))
     assert all(isinstance(s["model_response"], str) for s in saved)
@@ -367,15 +338,12 @@ def test_finetune_instruct_with_lora_saves_the_merged_model(tmp_path, monkeypatc
     model = GPTModel(GPTConfig(vocab_size=50257, context_length=64, emb_dim=16, n_heads=2,
                                n_layers=1, drop_rate=0.0))
     before = {k: v.copy() for k, v in model.state_dict().items()}
-    monkeypatch.setattr(instruct, "load_base_model", lambda name, seed=0: (model,
-                                                                           gpt2_encoding()))
-    parser, _ = _parser()
+    monkeypatch.setattr(instruct_run, "load_base_model", lambda name, seed=0: (model,
+                                                                               gpt2_encoding()))
     out = tmp_path / "lora"
-    args = parser.parse_args([
-        "finetune-instruct", "--data", str(data), "--model", "tiny", "--out", str(out),
-        "--epochs", "2", "--batch-size", "4", "--lr", "1e-2", "--lora-rank", "2",
-        "--lora-alpha", "4", "--max-new-tokens", "2", "--num-test", "1"])
-    instruct.run_instruction_finetuning(args, log=lambda *a: None)
+    cfg = InstructConfig(data=data, model="tiny", out=out, epochs=2, batch_size=4, lr=1e-2,
+                         lora_rank=2, lora_alpha=4, max_new_tokens=2, num_test=1)
+    run_instruction_finetuning(cfg, log=lambda *a: None)
     assert (out / "lora-checkpoint" / "checkpoint.safetensors").is_file()
     merged = tinygpt.load_gpt2(out)  # the merged model, in Hugging Face layout
     state = merged.state_dict()

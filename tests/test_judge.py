@@ -10,9 +10,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from tinygpt.finetune import judge
-from tinygpt.finetune.instruct import format_input
-from tinygpt.finetune.judge import JudgeError, parse_score, query_model, score_responses
+from tinygpt.cli import main
+from tinygpt.finetune import judge, judge_client
+from tinygpt.finetune.alpaca import format_input
+from tinygpt.finetune.judge import parse_score, score_responses
+from tinygpt.finetune.judge_client import JudgeError, query_model
 
 ENTRY = {"instruction": "Name the capital of France.", "input": "",
          "output": "The capital of France is Paris.", "model_response": "Paris."}
@@ -107,10 +109,10 @@ def test_openai_api_and_bearer_token(fake_judge):
 def test_a_full_endpoint_url_is_used_as_given(fake_judge):
     server = fake_judge(default=(200, "60"))
     assert query_model("p", "m", server.url + "/v1/chat/completions", "openai") == "60"
-    assert judge.endpoint("localhost:11434", "ollama") == "http://localhost:11434/api/chat"
-    assert judge.endpoint("http://h:1/", "openai") == "http://h:1/v1/chat/completions"
+    assert judge_client.endpoint("localhost:11434", "ollama") == "http://localhost:11434/api/chat"
+    assert judge_client.endpoint("http://h:1/", "openai") == "http://h:1/v1/chat/completions"
     with pytest.raises(ValueError, match="unknown judge API"):
-        judge.endpoint("http://h:1", "anthropic")
+        judge_client.endpoint("http://h:1", "anthropic")
 
 
 def test_retries_after_a_server_error(fake_judge):
@@ -181,16 +183,122 @@ def test_score_responses_skips_and_counts_unusable_answers(fake_judge):
 
 
 def test_judge_command_writes_scores(fake_judge, tmp_path, capsys):
-    import argparse
-
     server = fake_judge(default=(200, "70"))
     responses = tmp_path / "responses.json"
     responses.write_text(json.dumps([ENTRY, ENTRY]))
-    parser = argparse.ArgumentParser()
-    judge.add_judge(parser.add_subparsers())
     out = tmp_path / "scores.json"
-    args = parser.parse_args(["judge", "--responses", str(responses), "--url", server.url,
-                              "--api", "openai", "--judge-model", "m", "--out", str(out)])
-    args.func(args)
+    assert main(["judge", "--responses", str(responses), "--url", server.url,
+                 "--api", "openai", "--judge-model", "m", "--out", str(out)]) == 0
     assert "Average score: 70.00" in capsys.readouterr().out
     assert [e["score"] for e in json.loads(out.read_text())] == [70, 70]
+
+
+# ----------------------------------------------------------------------------- limits
+
+class _RawServer:
+    """A server on 127.0.0.1 whose handler writes whatever ``reply(handler)`` writes."""
+
+    def __init__(self, reply):
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers["Content-Length"]))
+                reply(self)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def raw_server():
+    servers = []
+
+    def start(reply):
+        servers.append(_RawServer(reply))
+        return servers[-1]
+
+    yield start
+    for server in servers:
+        server.close()
+
+
+def _drip(handler, seconds=6.0):
+    """Headers at once, then one byte of a valid answer every 0.1 s for ``seconds``."""
+    handler.send_response(200)
+    handler.send_header("Content-Type", "application/json")
+    handler.end_headers()
+    try:
+        for _ in range(int(seconds / 0.1)):
+            handler.wfile.write(b" ")
+            handler.wfile.flush()
+            time.sleep(0.1)
+    except OSError:  # the client gave up: what the test wants
+        pass
+
+
+def test_timeout_bounds_the_whole_request_against_a_dripping_server(raw_server):
+    server = raw_server(_drip)
+    start = time.perf_counter()
+    with pytest.raises(JudgeError, match=r"failed 1 times.*within --timeout 0.5 s"):
+        query_model("p", "m", server.url, "openai", retries=0, timeout=0.5)
+    assert time.perf_counter() - start < 2.0  # a per-read timeout would wait 6 s
+
+
+def test_a_reply_larger_than_the_limit_is_refused(raw_server):
+    content = "x" * (2 << 20)  # a 2 MiB "answer"
+
+    def huge(handler):
+        data = json.dumps({"choices": [{"message": {"content": content}}]}).encode()
+        handler.send_response(200)
+        handler.send_header("Content-Length", str(len(data)))
+        handler.end_headers()
+        try:
+            handler.wfile.write(data)
+        except OSError:
+            pass
+
+    server = raw_server(huge)
+    with pytest.raises(JudgeError, match="sent more than 1,048,576 bytes"):
+        query_model("p", "m", server.url, "openai", retries=3)
+
+
+@pytest.mark.parametrize("option, value", [("--retries", "-1"), ("--timeout", "0"),
+                                           ("--limit", "-1")])
+def test_judge_rejects_out_of_range_options(tmp_path, capsys, option, value):
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps([ENTRY]))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["judge", "--responses", str(responses), "--url", "http://127.0.0.1:9",
+              option, value])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: must be" in capsys.readouterr().err
+    for bad in (dict(retries=-1), dict(timeout=0)):
+        with pytest.raises(ValueError, match="retries|timeout"):
+            query_model("p", "m", "http://127.0.0.1:9", "ollama", **bad)
+
+
+def test_scores_obtained_are_kept_when_a_later_entry_fails(fake_judge, tmp_path, capsys):
+    entries = [ENTRY, {**ENTRY, "model_response": "London."}, {**ENTRY, "model_response": "?"}]
+    responses = tmp_path / "responses.json"
+    responses.write_text(json.dumps(entries))
+    failing = fake_judge(replies=[(200, "80"), (404, "model 'm' not found")])
+    command = ["judge", "--responses", str(responses), "--api", "openai", "--judge-model", "m"]
+    assert main(command + ["--url", failing.url]) == 1
+    err = capsys.readouterr().err
+    assert "HTTP 404" in err and "the 1 scores obtained are kept in" in err
+    out = tmp_path / "responses-scores.json"
+    assert [e["score"] for e in json.loads(out.read_text())] == [80]
+    working = fake_judge(default=(200, "30"))
+    assert main(command + ["--url", working.url]) == 0
+    assert len(working.requests) == 2  # only the entries not scored yet were asked for
+    assert [e["score"] for e in json.loads(out.read_text())] == [80, 30, 30]
+    assert "Average score: 46.67" in capsys.readouterr().out

@@ -34,6 +34,7 @@ from tinygpt.weights import CheckpointError, check_quantize_mode, load_gpt2
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "tinygpt-checkpoint-1"
+WEIGHTS_NAME = "model.safetensors"  # Hugging Face layout, beside config.json
 
 
 # ----------------------------------------------------------------------------- nested arrays
@@ -73,8 +74,10 @@ def save_checkpoint(path, model, optimizer_state: dict, step: int, history: dict
 
     ``optimizer_state`` is ``optimizer.state_dict()``; ``history`` and ``train_config`` are
     plain dicts (e.g. ``dataclasses.asdict`` of the loop's own classes)."""
+    state = model.state_dict()
+    tied = [k for k in state if _is_tied_head(model, k)]
     arrays = {f"model.{k}": numpy.ascontiguousarray(backend.move(v, "numpy"))
-              for k, v in model.state_dict().items() if not _is_tied_head(model, k)}
+              for k, v in state.items() if k not in tied}
     optimizer_meta = _split_arrays(optimizer_state, "optimizer", arrays)
     meta = {
         "format": FORMAT,
@@ -84,13 +87,18 @@ def save_checkpoint(path, model, optimizer_state: dict, step: int, history: dict
         "history": json.dumps(history),
         "rng": json.dumps(backend.get_rng_state()),
         "step": str(step),
+        "tied_keys": json.dumps(tied),
     }
     atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
     return Path(path)
 
 
+# The head's weight, plain or inside a LoRA layer (which keeps the original as ``linear``).
+HEAD_KEYS = ("out_head.weight", "out_head.linear.weight")
+
+
 def _is_tied_head(model, key):
-    return key == "out_head.weight" and model.weights_tied
+    return key in HEAD_KEYS and model.weights_tied
 
 
 # ----------------------------------------------------------------------------- read
@@ -114,12 +122,20 @@ def _read(path, prefix) -> tuple[dict, dict]:
     return meta, arrays
 
 
-def _model_state(arrays: dict) -> dict:
-    """The model's state dict from a checkpoint's ``model.*`` tensors."""
+def _model_state(arrays: dict, meta: dict) -> dict:
+    """The model's state dict from a checkpoint's ``model.*`` tensors.
+
+    A tied head is stored once, as the token embedding (see save_checkpoint); the keys it
+    was saved under are listed in the metadata (``out_head.linear.weight`` for a LoRA
+    model). Checkpoints from before that list restore ``out_head.weight`` when missing."""
     state = {k.removeprefix("model."): v for k, v in arrays.items() if k.startswith("model.")}
-    # A tied head is stored once, as the token embedding (see save_checkpoint).
-    if "out_head.weight" not in state and "tok_emb.weight" in state:
-        state["out_head.weight"] = state["tok_emb.weight"]
+    if "tied_keys" in meta:
+        tied = json.loads(meta["tied_keys"])
+    else:
+        tied = ["out_head.weight"] if "out_head.weight" not in state else []
+    if "tok_emb.weight" in state:
+        for key in tied:
+            state[key] = state["tok_emb.weight"]
     return state
 
 
@@ -129,7 +145,7 @@ def load_checkpoint(path) -> dict:
     """
     meta, arrays = _read(path, "")
     return {
-        "model": _model_state(arrays),
+        "model": _model_state(arrays, meta),
         "model_config": GPTConfig(**json.loads(meta["model_config"])),
         "train_config": json.loads(meta["train_config"]),
         "optimizer": _join_arrays(json.loads(meta["optimizer"]), arrays),
@@ -139,11 +155,17 @@ def load_checkpoint(path) -> dict:
     }
 
 
+def checkpoint_step(path) -> int:
+    """The number of optimizer steps a checkpoint holds, read without loading any tensor."""
+    meta, _ = _read(path, prefix="\0")  # no tensor name starts with NUL: metadata only
+    return int(meta["step"])
+
+
 def model_from_checkpoint(path, dtype="float32") -> GPTModel:
     """Just the model of a checkpoint, in eval mode (the optimizer state is not read)."""
     meta, arrays = _read(path, "model.")
     model = GPTModel(GPTConfig(**json.loads(meta["model_config"])))
-    model.load_state_dict(_model_state(arrays))
+    model.load_state_dict(_model_state(arrays, meta))
     return model.to(dtype=dtype).eval()
 
 
@@ -155,9 +177,15 @@ def load_model(name_or_path, dtype="float32", quantize=None):
     A directory or file holding ``checkpoint.safetensors`` is read as a tinygpt checkpoint;
     anything else as GPT-2 weights (``load_gpt2``). The tokenizer is the one recorded in the
     model's directory (``tokenizer.json``), GPT-2's when there is none. ``quantize`` ("int8"
-    or "bfloat16") stores the weights small, for inference (``nn.quantize``)."""
+    or "bfloat16") stores the weights small, for inference (``nn.quantize``). A directory
+    holding both kinds is an error: which one was meant cannot be known."""
     check_quantize_mode(quantize)
     path = Path(str(name_or_path)).expanduser()
+    if path.is_dir() and (path / CHECKPOINT_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
+        raise CheckpointError(
+            f"{path} holds both a training checkpoint ({CHECKPOINT_NAME}) and model weights "
+            f"({WEIGHTS_NAME}), so it is unclear which model to load; move one of them to a "
+            "directory of its own")
     checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
     if checkpoint.is_file() and checkpoint.name == CHECKPOINT_NAME:
         model = model_from_checkpoint(checkpoint, dtype)

@@ -3,7 +3,8 @@
     tinygpt generate "Every effort moves you" --model gpt2      (cli/generate.py)
     tinygpt train --data input.txt --config baby --out runs/baby (cli/train.py)
     tinygpt info gpt2-124M ; tinygpt prepare big.txt big.bin     (cli/info.py)
-    tinygpt finetune-classifier | finetune-instruct | chat | judge | finetune-dpo
+    tinygpt finetune-classifier | classify | finetune-instruct | chat | judge | finetune-dpo
+                                                                 (cli/finetune.py)
 
 Shared options (``--model``, sampling, evaluation, optimizer) are written once, in
 ``cli/options.py``. ``main`` turns the errors a user can cause into one line and an exit
@@ -15,13 +16,11 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tinygpt.cli import generate, info, train
+from tinygpt.cli import finetune, generate, info, train
 from tinygpt.cli.options import HelpFormatter
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from tinygpt.finetune import classify, instruct
-
     parser = argparse.ArgumentParser(
         prog="tinygpt", formatter_class=HelpFormatter,
         description="A GPT-2 built from NumPy up: generate, train, fine-tune.")
@@ -29,8 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub, HelpFormatter)
     train.add_parser(sub, HelpFormatter)
     info.add_parsers(sub, HelpFormatter)
-    classify.add_parser(sub)
-    instruct.add_parsers(sub)
+    finetune.add_parsers(sub, HelpFormatter)
     return parser
 
 

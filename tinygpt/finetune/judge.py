@@ -1,61 +1,35 @@
 """Score instruction responses with a larger LLM as the judge (the book's section 7.8).
 
 Each test entry holds the instruction, the correct ``output`` and the fine-tuned model's
-``model_response``. The judge (e.g. Llama 3 served by Ollama) gets the book's prompt
+``model_response``. The judge (e.g. Llama 3 served by Ollama, asked through
+``judge_client.query_model``) gets the book's prompt
 
     Given the input `{format_input(entry)}` and correct output `{output}`, score the model
     response `{model_response}` on a scale from 0 to 100, where 100 is the best score.
     Respond with the integer number only.
 
-and its answer is parsed into an integer. Two HTTP APIs are spoken, with the standard
-library only (urllib):
+and its answer is parsed into an integer. Like the book, an answer with no number from 0 to
+100 in it is skipped (not scored as 0) and counted; ``JudgeResult`` reports the average over
+the scored entries and how many were skipped. An empty model response scores 0 without
+asking the judge.
 
-* ``ollama``: POST {url}/api/chat; Ollama streams its answer as JSON lines, each carrying a
-  piece of ``message.content`` (the book's ``query_model``);
-* ``openai``: POST {url}/v1/chat/completions, any OpenAI-compatible server (vLLM, llama.cpp's
-  server, LM Studio, OpenAI itself with an API key); one JSON answer in
-  ``choices[0].message.content``.
-
-A ``url`` with no path gets the API's usual path appended; a full URL is used as given.
-
-Failures: a refused connection (no server listening) or an unknown or unreachable host fails
-at once with a ``JudgeError`` naming the URL and how to start Ollama; server errors (5xx,
-429), timeouts and dropped connections are retried a bounded number of times with
-exponential backoff; other HTTP errors (a 404 for an unknown model, say) fail at once with
-the server's message.
-
-Unparseable answers: like the book, an answer with no number from 0 to 100 in it is skipped
-(not scored as 0) and counted; ``JudgeResult`` reports the average over the scored entries
-and how many were skipped. An empty model response scores 0 without asking the judge.
+Scores already obtained are never lost: ``run_judge`` writes them after every entry, and a
+run started again on the same files asks only for the entries not scored yet.
 """
 
 from __future__ import annotations
 
-import errno
-import http.client
-import json
 import re
-import socket
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from tinygpt.finetune.instruct import format_input
-
-OLLAMA_URL = "http://localhost:11434"
-API_PATHS = {"ollama": "/api/chat", "openai": "/v1/chat/completions"}
-START_OLLAMA_HINT = (
-    "Is the judge server running? For Ollama: install it from https://ollama.com, start it "
-    "with `ollama serve` (in another terminal) and fetch a model with `ollama pull llama3`. "
-    "For an OpenAI-compatible server pass --api openai and its URL."
+from tinygpt.finetune.alpaca import format_input, read_json, save_json
+from tinygpt.finetune.judge_client import (
+    OLLAMA_URL,
+    JudgeError,
+    check_request_limits,
+    query_model,
 )
-RETRY_STATUS = {408, 429, 500, 502, 503, 504}
-
-
-class JudgeError(RuntimeError):
-    """The judge could not be asked: no server, a failing server, or a malformed reply."""
 
 
 def scoring_prompt(entry, key="model_response") -> str:
@@ -67,114 +41,6 @@ def scoring_prompt(entry, key="model_response") -> str:
         f" on a scale from 0 to 100, where 100 is the best score. "
         f"Respond with the integer number only."
     )
-
-
-def endpoint(url, api) -> str:
-    """The URL to POST to: ``url`` itself, or with the API's path when it has none."""
-    if api not in API_PATHS:
-        raise ValueError(f"unknown judge API {api!r}; expected one of: {', '.join(API_PATHS)}")
-    parts = urllib.parse.urlsplit(url if "://" in url else "http://" + url)
-    if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise ValueError(f"judge URL {url!r} is not an http(s) URL like {OLLAMA_URL}")
-    if parts.path in ("", "/"):
-        parts = parts._replace(path=API_PATHS[api])
-    return urllib.parse.urlunsplit(parts)
-
-
-def _payload(prompt, model, api, seed, temperature) -> dict:
-    messages = [{"role": "user", "content": prompt}]
-    if api == "ollama":  # as the book: deterministic answers
-        return {"model": model, "messages": messages,
-                "options": {"seed": seed, "temperature": temperature, "num_ctx": 2048}}
-    return {"model": model, "messages": messages, "seed": seed, "temperature": temperature}
-
-
-def _read_answer(response, api, url) -> str:
-    """The text of the judge's reply: Ollama's JSON lines joined, or OpenAI's message."""
-    try:
-        if api == "ollama":
-            pieces = []
-            while True:
-                line = response.readline().decode("utf-8")
-                if not line:
-                    break
-                if not line.strip():
-                    continue
-                data = json.loads(line)
-                if "error" in data:
-                    raise JudgeError(f"the judge at {url} answered with an error: "
-                                     f"{data['error']}")
-                pieces.append(data["message"]["content"])
-            return "".join(pieces)
-        data = json.loads(response.read().decode("utf-8"))
-        return data["choices"][0]["message"]["content"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, IndexError, TypeError) as err:
-        raise JudgeError(f"the judge at {url} sent a reply that is not {api}-style chat JSON "
-                         f"({type(err).__name__}: {err}); is --api right?") from None
-
-
-_UNREACHABLE = (errno.ECONNREFUSED, errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EHOSTUNREACH)
-
-
-def _is_unreachable(err) -> bool:
-    """Nothing to retry: the connection was refused, or the host is unknown or unreachable."""
-    reason = getattr(err, "reason", err)
-    return isinstance(reason, (ConnectionRefusedError, socket.gaierror)) or (
-        isinstance(reason, OSError) and reason.errno in _UNREACHABLE)
-
-
-def query_model(prompt, model="llama3", url=OLLAMA_URL, api="ollama", *, retries=3,
-                backoff=1.0, timeout=120.0, api_key=None, seed=123, temperature=0.0) -> str:
-    """Ask the judge ``model`` one question; returns its answer text.
-
-    Retries up to ``retries`` times (waiting ``backoff``, then 2x, 4x, ...) on server errors,
-    timeouts and dropped connections; raises ``JudgeError`` when no server listens at
-    ``url`` (at once) or when the retries run out.
-    """
-    target = endpoint(url, api)
-    body = json.dumps(_payload(prompt, model, api, seed, temperature)).encode("utf-8")
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    last = None
-    for attempt in range(retries + 1):
-        if attempt:
-            time.sleep(backoff * 2 ** (attempt - 1))
-        request = urllib.request.Request(target, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                return _read_answer(response, api, target)
-        except urllib.error.HTTPError as err:
-            detail = _error_body(err)
-            last = f"HTTP {err.code} {err.reason}{': ' + detail if detail else ''}"
-            if err.code not in RETRY_STATUS:
-                raise JudgeError(f"the judge at {target} refused the request ({last}); check "
-                                 f"the model name {model!r} (for Ollama: `ollama pull "
-                                 f"{model}`) and --api") from None
-        except urllib.error.URLError as err:
-            if _is_unreachable(err):
-                raise JudgeError(f"no judge server answers at {target} ({err.reason}). "
-                                 + START_OLLAMA_HINT) from None
-            last = f"{type(err.reason).__name__}: {err.reason}"
-        except (TimeoutError, socket.timeout, ConnectionError, http.client.HTTPException) as err:
-            last = f"{type(err).__name__}: {err}"
-    raise JudgeError(f"the judge at {target} failed {retries + 1} times; last error: {last}. "
-                     + START_OLLAMA_HINT)
-
-
-def _error_body(err) -> str:
-    try:
-        text = err.read().decode("utf-8", "replace").strip()
-    except Exception:  # noqa: BLE001 - the body is only decoration for the message
-        return ""
-    try:
-        data = json.loads(text)
-        if isinstance(data, dict) and "error" in data:
-            error = data["error"]
-            return error.get("message", str(error)) if isinstance(error, dict) else str(error)
-    except json.JSONDecodeError:
-        pass
-    return text[:200]
 
 
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:\.\d+)?")
@@ -223,85 +89,117 @@ class JudgeResult:
                        else "\nAverage score: none (no answer could be parsed)")
 
 
+def _check_entry(entry, i, key) -> None:
+    for name in ("instruction", "output", key):
+        if not isinstance(entry, dict) or not isinstance(entry.get(name), str):
+            raise ValueError(f"entry {i} has no text field {name!r} (responses files "
+                             "hold instruction, input, output and model_response)")
+
+
 def score_responses(entries, model="llama3", url=OLLAMA_URL, api="ollama",
-                    key="model_response", progress=True, log=print, **query_args) -> JudgeResult:
-    """Ask the judge to score every entry's ``key`` against its ``output`` (0-100)."""
+                    key="model_response", progress=True, log=print, result=None,
+                    on_score=None, **query_args) -> JudgeResult:
+    """Ask the judge to score every entry's ``key`` against its ``output`` (0-100).
+
+    ``result`` (a ``JudgeResult`` the caller keeps) is filled entry by entry, continuing
+    after the scores it already holds, and ``on_score(result)`` is called after each new
+    one: when the judge fails part-way (``JudgeError``), the scores obtained so far are in
+    ``result``. ``query_args`` go to ``query_model`` (retries, timeout, api_key, ...).
+    """
     from tqdm.auto import tqdm
 
-    result = JudgeResult()
-    for i, entry in enumerate(tqdm(entries, desc="Scoring entries", disable=not progress,
-                                   leave=False)):
-        for name in ("instruction", "output", key):
-            if not isinstance(entry.get(name), str):
-                raise ValueError(f"entry {i} has no text field {name!r} (responses files "
-                                 "hold instruction, input, output and model_response)")
+    for i, entry in enumerate(entries):
+        _check_entry(entry, i, key)
+    result = result if result is not None else JudgeResult()
+    todo = entries[len(result.scores):]
+    for entry in tqdm(todo, desc="Scoring entries", disable=not progress, leave=False):
         if entry[key] == "":
-            result.scores.append(0)
-            result.answers.append("")
-            continue
-        answer = query_model(scoring_prompt(entry, key), model, url, api, **query_args)
-        score = parse_score(answer)
-        if score is None and log is not None:
-            log(f"Could not convert score: {answer!r}")
+            answer, score = "", 0
+        else:
+            answer = query_model(scoring_prompt(entry, key), model, url, api, **query_args)
+            score = parse_score(answer)
+            if score is None and log is not None:
+                log(f"Could not convert score: {answer!r}")
         result.scores.append(score)
         result.answers.append(answer)
+        if on_score is not None:
+            on_score(result)
     return result
 
 
-# ----------------------------------------------------------------------------- command line
+@dataclass
+class JudgeRunConfig:
+    """What ``tinygpt judge`` reads, asks and writes. ``out`` defaults to
+    ``RESPONSES-scores.json`` beside the responses file."""
 
-def cmd_judge(args):
-    import os
+    responses: Path
+    url: str = OLLAMA_URL
+    api: str = "ollama"
+    judge_model: str = "llama3"
+    key: str = "model_response"
+    api_key: str | None = None
+    retries: int = 3
+    timeout: float = 120.0
+    limit: int | None = None
+    out: Path | None = None
 
-    from tinygpt.finetune.instruct import read_json, save_json
+    def __post_init__(self):
+        self.responses = Path(self.responses)
+        if self.out is None:
+            self.out = self.responses.with_name(self.responses.stem + "-scores.json")
+        self.out = Path(self.out)
+        check_request_limits(self.retries, self.timeout)
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be a positive number of entries, got {self.limit}")
 
-    entries = read_json(args.responses, "responses file")
+
+def _scored_entries(entries, result) -> list[dict]:
+    return [{**e, "score": s, "judge_answer": a}
+            for e, s, a in zip(entries, result.scores, result.answers)]
+
+
+def _earlier_scores(path: Path, entries) -> JudgeResult:
+    """The scores a previous run wrote to ``path`` for the same leading entries."""
+    result = JudgeResult()
+    if not path.is_file():
+        return result
+    earlier = read_json(path, "scores file")
+    if not isinstance(earlier, list):
+        raise ValueError(f"{path}: expected the JSON list of scored entries `tinygpt judge` "
+                         "writes; delete it or pass another --out")
+    for old, entry in zip(earlier, entries):
+        if not isinstance(old, dict) or "score" not in old:
+            break
+        if {k: v for k, v in old.items() if k not in ("score", "judge_answer")} != entry:
+            break
+        result.scores.append(old["score"])
+        result.answers.append(old.get("judge_answer", ""))
+    return result
+
+
+def run_judge(cfg: JudgeRunConfig, log=print) -> JudgeResult:
+    """Score a responses file (as ``tinygpt finetune-instruct`` writes it), writing each
+    entry with its score and the judge's answer to ``cfg.out`` as the scores come in, and
+    print the summary. Scores already in ``cfg.out`` for the same entries are kept, not
+    asked for again."""
+    entries = read_json(cfg.responses, "responses file")
     if not isinstance(entries, list):
-        raise ValueError(f"{args.responses}: expected a JSON list of entries")
-    if args.limit is not None:
-        entries = entries[:args.limit]
-    api_key = (args.api_key or os.environ.get("OPENAI_API_KEY")) if args.api == "openai" else None
-    result = score_responses(entries, model=args.judge_model, url=args.url, api=args.api,
-                             key=args.key, retries=args.retries, timeout=args.timeout,
-                             api_key=api_key)
-    print(result.summary())
-    if args.out:
-        scored = [{**e, "score": s, "judge_answer": a}
-                  for e, s, a in zip(entries, result.scores, result.answers)]
-        print(f"scores: {save_json(scored, args.out)}")
+        raise ValueError(f"{cfg.responses}: expected a JSON list of entries")
+    entries = entries[:cfg.limit] if cfg.limit is not None else entries
+    result = _earlier_scores(cfg.out, entries)
+    if result.scores:
+        log(f"keeping the {len(result.scores)} scores already in {cfg.out}")
+    try:
+        score_responses(entries, model=cfg.judge_model, url=cfg.url, api=cfg.api, key=cfg.key,
+                        result=result, retries=cfg.retries, timeout=cfg.timeout,
+                        api_key=cfg.api_key,
+                        on_score=lambda r: save_json(_scored_entries(entries, r), cfg.out))
+    except JudgeError as err:
+        kept = (f"the {len(result.scores)} scores obtained are kept in {cfg.out}; run the "
+                "same command again to continue" if result.scores else "no score was obtained")
+        raise JudgeError(f"{err} ({kept})") from None
+    log(result.summary())
+    log(f"scores: {cfg.out}")
     if result.average is None:
         raise RuntimeError("the judge gave no usable score")
-
-
-def add_judge(sub):
-    p = sub.add_parser(
-        "judge", help="score model responses 0-100 with an LLM judge (Ollama or OpenAI API)",
-        description="Ask a judge LLM to score each entry's model_response against its correct "
-                    "output, with the book's prompt, and print the average score.")
-    p.add_argument("--responses", required=True,
-                   help="JSON list of entries with instruction, input, output and "
-                        "model_response (as written by `tinygpt finetune-instruct`)")
-    p.add_argument("--url", default=OLLAMA_URL,
-                   help="the judge server: a base URL (the API's path is added) or a full "
-                        f"endpoint URL (default {OLLAMA_URL}, Ollama's)")
-    p.add_argument("--api", choices=sorted(API_PATHS), default="ollama",
-                   help="ollama: POST /api/chat, streamed JSON lines; openai: POST "
-                        "/v1/chat/completions (default ollama)")
-    p.add_argument("--judge-model", default="llama3",
-                   help="the model name the server knows (default llama3)")
-    p.add_argument("--key", default="model_response",
-                   help="the entry field holding the response to score (default "
-                        "model_response)")
-    p.add_argument("--api-key", default=None,
-                   help="bearer token for an OpenAI-compatible server (default: the "
-                        "OPENAI_API_KEY environment variable, if set)")
-    p.add_argument("--retries", type=int, default=3,
-                   help="retries per request after server errors or timeouts (default 3)")
-    p.add_argument("--timeout", type=float, default=120.0,
-                   help="seconds to wait for one answer (default 120)")
-    p.add_argument("--limit", type=int, default=None, help="score only the first N entries")
-    p.add_argument("--out", default=None,
-                   help="also write the entries with their score and the judge's answer to "
-                        "this JSON file")
-    p.set_defaults(func=cmd_judge)
-    return p
+    return result
