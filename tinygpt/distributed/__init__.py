@@ -24,11 +24,11 @@ from tinygpt.distributed.launcher import (
     mpiexec_command,
     world_size_from_environment,
 )
-from tinygpt.distributed.parallel import DataParallel, FlatLayout
+from tinygpt.distributed.parallel import DataParallel
 from tinygpt.distributed.zero import ZeroAdamW
 
 __all__ = [
     "MPICommunicator", "SingleProcess", "shard_bounds", "MPI_INSTALL_HINT", "abort_on_error",
     "check_mpi_installed", "init", "launch", "mpiexec_command", "world_size_from_environment",
-    "DataParallel", "FlatLayout", "ZeroAdamW",
+    "DataParallel", "ZeroAdamW",
 ]

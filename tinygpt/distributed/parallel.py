@@ -23,51 +23,6 @@ from tinygpt.distributed.comm import SingleProcess, shard_bounds
 from tinygpt.optim import clip_grad_norm
 
 
-class FlatLayout:
-    """Where each parameter sits in one flat vector of all of them (in the given order)."""
-
-    def __init__(self, params):
-        self.params = list(params)
-        self.offsets, total = [], 0
-        for p in self.params:
-            self.offsets.append(total)
-            total += p.size
-        self.total = total
-        self.dtype = self.params[0].dtype
-        self._grads = None  # the flat gradient buffer, allocated on first use
-
-    def spans(self):
-        """(parameter, start, end) of each parameter in the flat vector."""
-        for p, start in zip(self.params, self.offsets):
-            yield p, start, start + p.size
-
-    def gather_grads(self):
-        """All gradients copied into one flat buffer (zeros for a parameter without one)."""
-        if self._grads is None:
-            self._grads = backend.xp().empty(self.total, dtype=self.dtype)
-        for p, start, end in self.spans():
-            if p.grad is None:
-                self._grads[start:end] = 0
-            else:
-                self._grads[start:end] = p.grad.reshape(-1)
-        return self._grads
-
-    def scatter_grads(self, flat):
-        """Make every ``p.grad`` a view of its span of ``flat`` (no copy)."""
-        for p, start, end in self.spans():
-            p.grad = flat[start:end].reshape(p.shape)
-
-    def gather_params(self, flat):
-        """Copy every parameter into its span of ``flat``."""
-        for p, start, end in self.spans():
-            flat[start:end] = p.data.reshape(-1)
-
-    def scatter_params(self, flat):
-        """Copy ``flat`` back into the parameters, in place (tied weights stay tied)."""
-        for p, start, end in self.spans():
-            p.data[...] = flat[start:end].reshape(p.shape)
-
-
 class DataParallel:
     """Data-parallel training over the ranks of ``comm`` (a single process by default);
     ``shard_optimizer`` makes the training loop use ``ZeroAdamW`` (ZeRO stage 1)."""
@@ -75,7 +30,6 @@ class DataParallel:
     def __init__(self, comm: SingleProcess | None = None, shard_optimizer: bool = False):
         self.comm = comm if comm is not None else SingleProcess()
         self.shard_optimizer = shard_optimizer
-        self._layout = None
 
     @property
     def is_main(self) -> bool:
@@ -140,12 +94,10 @@ class DataParallel:
         optimizer.step()
 
     def _sum_gradients(self, optimizer):
-        if self._layout is None:
-            self._layout = FlatLayout(_params_of(optimizer))
-        flat = self._layout.gather_grads()
-        self.comm.sum_(flat)
-        self._layout.scatter_grads(flat)
-
-
-def _params_of(optimizer):
-    return [p for group in optimizer.param_groups for p in group["params"]]
+        """One all-reduce over the optimizer's flat gradient buffer (every ``p.grad`` is a
+        view of it, so the parameters see the sum at once)."""
+        if optimizer.buffer is None:
+            raise ValueError("data-parallel training sums the gradients in the optimizer's "
+                             "flat buffer, which needs every parameter in one dtype on one "
+                             "backend")
+        self.comm.sum_(optimizer.buffer.full_grad())

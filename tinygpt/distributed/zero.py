@@ -7,19 +7,22 @@ moments for that slice only (8P/N bytes). One step:
 
     flat gradient --reduce-scatter--> this rank's slice of the summed gradient
     clip: global norm = sqrt(sum over ranks of |slice|^2)
-    AdamW on this rank's slice of the parameters (the reference arithmetic of optim.AdamW)
+    AdamW on this rank's slice of the parameters (an ordinary optim.AdamW)
     flat parameters --all-gather--> every rank has every updated parameter
 
 A reduce-scatter plus an all-gather moves as many bytes as the one all-reduce of the
 replicated path, so sharding saves memory at no extra communication.
 
-The slice is a contiguous range of the flat vector, so it may cut a parameter in two; each
-piece of a parameter inside the slice is a small tensor, and an ordinary ``AdamW`` updates
-those pieces (each keeps the weight decay of its parameter's group): every step copies the
-slice's parameter values in and the updated values out into the flat buffer that the
-all-gather then completes. Checkpoints hold the same optimizer state dict as one process: ``state_dict()``
-gathers the pieces into whole moments on rank 0, and ``load_state_dict()`` cuts a whole
-state dict into this rank's pieces, so a run saved with N ranks resumes with M.
+The model's parameters and gradients live in one flat array each (``optim.ParameterBuffer``,
+the layout the collectives work on). This rank's slice is a contiguous range of it, so it
+may cut a parameter in two; each piece of a parameter inside the slice is a small tensor,
+and an ordinary ``AdamW`` updates those pieces (each keeps the weight decay of its
+parameter's group): every step copies the slice's values into the pieces and the updated
+values back, and the all-gather completes the flat parameter array on every rank.
+
+Checkpoints hold the same optimizer state dict as one process: ``state_dict()`` gathers the
+pieces into whole moments on rank 0, and ``load_state_dict()`` cuts a whole state dict into
+this rank's pieces, so a run saved with N ranks resumes with M.
 """
 
 from __future__ import annotations
@@ -28,8 +31,7 @@ import math
 
 from tinygpt import backend
 from tinygpt.distributed.comm import SingleProcess, shard_bounds
-from tinygpt.distributed.parallel import FlatLayout
-from tinygpt.optim import AdamW
+from tinygpt.optim import AdamW, ParameterBuffer
 from tinygpt.tensor import Tensor
 
 MOMENTS = ("exp_avg", "exp_avg_sq")
@@ -46,9 +48,9 @@ class ZeroAdamW:
             raise ValueError("ZeroAdamW shards exp_avg and exp_avg_sq only; amsgrad is not "
                              "supported")
         self.comm, self.groups = comm, [dict(g) for g in groups]
-        self.layout = FlatLayout(p for g in self.groups for p in g["params"])
-        self.bounds = shard_bounds(self.layout.total, comm.size)
-        self.flat_params = backend.xp().empty(self.layout.total, dtype=self.layout.dtype)
+        # the model's parameters and gradients become views of one flat array each
+        self.buffer = ParameterBuffer(p for g in self.groups for p in g["params"])
+        self.bounds = shard_bounds(len(self.buffer), comm.size)
         self.steps = 0
         self.pieces = []  # (parameter index, start, end) in the flat vector, in our slice
         self.inner = AdamW(self._piece_groups(), **options)
@@ -57,16 +59,17 @@ class ZeroAdamW:
         """Parameter groups of piece tensors: the parts of each group's parameters that lie
         in this rank's slice (copies; ``step`` moves values in and out of them)."""
         first, last = self.bounds[self.comm.rank]
-        spans = iter(enumerate(self.layout.spans()))
+        indices = iter(range(len(self.buffer.params)))
         piece_groups = []
         for group in self.groups:
             pieces = []
             for _ in group["params"]:
-                index, (_, start, end) = next(spans)
+                index = next(indices)
+                start, end = self.buffer.span(index)
                 lo, hi = max(start, first), min(end, last)
                 if lo < hi:
                     self.pieces.append((index, lo, hi))
-                    pieces.append(Tensor(self.flat_params[lo:hi].copy(), requires_grad=True))
+                    pieces.append(Tensor(self.buffer.data[lo:hi].copy(), requires_grad=True))
             rest = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             piece_groups.append({**rest, "params": pieces})
         return piece_groups
@@ -82,30 +85,28 @@ class ZeroAdamW:
     # ------------------------------------------------------------------ stepping
 
     def zero_grad(self) -> None:
-        for p in self.layout.params:
-            p.grad = None
+        self.buffer.zero_grad()
 
     def step(self, grad_clip: float | None = None) -> None:
         """Reduce-scatter the gradients, clip by the global norm, update this rank's slice,
         all-gather the parameters."""
         first, _ = self.bounds[self.comm.rank]
-        grad = self.comm.reduce_scatter_sum(self.layout.gather_grads(), self.bounds)
+        self.buffer.refresh()  # take back parameters whose arrays were replaced
+        grad = self.comm.reduce_scatter_sum(self.buffer.full_grad(), self.bounds)
         if grad_clip:
             self._clip(grad, grad_clip)
+        # AdamW keeps its pieces in a flat buffer of its own: copy our slice of the
+        # parameters in (they are the truth; a resume may have loaded new ones), step, and
+        # copy the updated values out
         pieces = list(zip(self.pieces, self._piece_tensors()))
-        for (index, lo, hi), piece in pieces:
-            # the parameters are the truth (a resume may have loaded new ones)
-            param, start = self.layout.params[index], self.layout.offsets[index]
-            piece.data[...] = param.data.reshape(-1)[lo - start:hi - start]
+        for (_, lo, hi), piece in pieces:
+            piece.data[...] = self.buffer.data[lo:hi]
             piece.grad = grad[lo - first:hi - first]
         self.inner.step()
-        for (_, lo, hi), piece in zip(self.pieces, self._piece_tensors()):
-            self.flat_params[lo:hi] = piece.data  # AdamW packed the pieces into its own buffer
-        self.steps += 1
         for (_, lo, hi), piece in pieces:
-            self.flat_params[lo:hi] = piece.data
-        self.comm.all_gather_(self.flat_params, self.bounds)
-        self.layout.scatter_params(self.flat_params)
+            self.buffer.data[lo:hi] = piece.data
+        self.steps += 1
+        self.comm.all_gather_(self.buffer.data, self.bounds)  # parameters are views of it
 
     def _clip(self, grad, max_norm):
         """Scale this rank's slice of the gradient as clip_grad_norm scales the whole one:
@@ -127,7 +128,8 @@ class ZeroAdamW:
             return None
         state = {}
         if self.steps:
-            for index, (p, start, end) in enumerate(self.layout.spans()):
+            for index, p in enumerate(self.buffer.params):
+                start, end = self.buffer.span(index)
                 state[index] = {"step": self.steps, **{
                     name: moments[name][start:end].reshape(p.shape) for name in MOMENTS}}
         groups, start = [], 0
@@ -142,7 +144,7 @@ class ZeroAdamW:
     def _slice_of(self, name):
         """This rank's slice of moment ``name`` as one flat host array."""
         first, last = self.bounds[self.comm.rank]
-        flat = backend.xp().zeros(last - first, dtype=self.layout.dtype)
+        flat = backend.xp().zeros(last - first, dtype=self.buffer.data.dtype)
         for piece_index, (_, lo, hi) in enumerate(self.pieces):
             moment = self.inner.state.get(piece_index, {}).get(name)
             if moment is not None:
@@ -172,7 +174,7 @@ class ZeroAdamW:
         if steps:
             for piece_index, (index, lo, hi) in enumerate(self.pieces):
                 saved = state_dict["state"][index]
-                start = self.layout.offsets[index]
+                start, _ = self.buffer.span(index)
                 inner_state[piece_index] = {"step": saved["step"], **{
                     name: saved[name].reshape(-1)[lo - start:hi - start] for name in MOMENTS}}
         inner_groups, start = [], 0
