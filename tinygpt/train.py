@@ -134,7 +134,8 @@ class _StopRequest:
 
 
 def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer=None,
-          resume=True, log=print, progress=True, parallel=None) -> History:
+          resume=True, log=print, progress=True, parallel=None,
+          after_backward=None) -> History:
     """Train ``model`` on ``batches`` (``tinygpt.data.RandomWindows`` or ``EpochBatches``)
     for cfg.max_steps.
 
@@ -142,6 +143,8 @@ def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer
     ``checkpoint_every`` steps, at the end, and on Ctrl-C; a run finding one there (and
     ``resume``) continues from it. ``parallel`` (a ``distributed.DataParallel``) spreads
     each batch over several processes; rank 0 alone logs and writes checkpoints.
+    ``after_backward(step, model)``, if given, runs each step once the gradients are in,
+    before clipping and the optimizer step (``tinygpt.plots.GradNormLog.record`` does).
     """
     parallel = parallel if parallel is not None else DataParallel()
     log = log if parallel.is_main else _silent
@@ -158,7 +161,7 @@ def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer
     bar = _progress_bar(start, cfg.max_steps, progress and parallel.is_main)
     with _StopRequest() as stop:
         for step in range(start, cfg.max_steps):
-            loss = _train_step(model, optimizer, batches, step, cfg, parallel)
+            loss = _train_step(model, optimizer, batches, step, cfg, parallel, after_backward)
             if not math.isfinite(loss):
                 where = (f"the last good checkpoint is {checkpoint}" if checkpoint and
                          checkpoint.is_file() else "no checkpoint was written")
@@ -188,7 +191,7 @@ def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer
     return history
 
 
-def _train_step(model, optimizer, batches, step, cfg, parallel) -> float:
+def _train_step(model, optimizer, batches, step, cfg, parallel, after_backward=None) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss.
     Each process takes its rows of every micro-batch; their gradients are summed."""
     lr = warmup_cosine_lr(step, peak_lr=cfg.peak_lr, total_steps=cfg.max_steps,
@@ -208,6 +211,8 @@ def _train_step(model, optimizer, batches, step, cfg, parallel) -> float:
     if not math.isfinite(total):
         optimizer.zero_grad()
         return total
+    if after_backward is not None:
+        after_backward(step, model)
     parallel.step(model, optimizer, cfg.grad_clip)
     optimizer.zero_grad()
     return total

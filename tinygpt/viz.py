@@ -35,7 +35,7 @@ def to_dot(tensor: Tensor, model=None, names=None, grads=False, rankdir="TB") ->
     model: a Module whose parameter names label its parameters and whose module paths label
     the clusters; names: {name: Tensor} for other leaves; grads: add leaf gradient norms.
     """
-    nodes = _graph_nodes(tensor)
+    nodes = graph_nodes(tensor)
     leaf_names = _leaf_names(model, names)
     module_paths = {id(m): path for path, m in model.named_modules()} if model else {}
     ids = {id(node): f"n{i}" for i, node in enumerate(nodes)}
@@ -93,8 +93,9 @@ def _graphviz_or_none():
 
 # ----------------------------------------------------------------------------- the graph
 
-def _graph_nodes(tensor):
-    """Every tensor in the graph behind ``tensor``, each after its parents (iterative DFS)."""
+def graph_nodes(tensor) -> list[Tensor]:
+    """Every tensor in the graph behind ``tensor``, each after its parents (iterative DFS):
+    the ops (``t._op`` names them) and the leaves."""
     if tensor._backward is _graph_freed:
         raise ValueError("to_dot: backward() has freed this graph; call "
                          "backward(retain_graph=True) to draw it after backward")

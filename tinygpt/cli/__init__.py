@@ -3,6 +3,7 @@
     tinygpt generate "Every effort moves you" --model gpt2      (cli/generate.py)
     tinygpt train --data input.txt --config baby --out runs/baby (cli/train.py)
     tinygpt info gpt2-124M ; tinygpt prepare big.txt big.bin     (cli/info.py)
+    tinygpt attention "ROMEO:" --model runs/baby                 (cli/attention.py)
     tinygpt finetune-classifier | classify | finetune-instruct | chat | judge | finetune-dpo
                                                                  (cli/finetune.py)
 
@@ -16,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from tinygpt.cli import finetune, generate, info, train
+from tinygpt.cli import attention, finetune, generate, info, train
 from tinygpt.cli.options import HelpFormatter
 
 
@@ -28,6 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_parser(sub, HelpFormatter)
     train.add_parser(sub, HelpFormatter)
     info.add_parsers(sub, HelpFormatter)
+    attention.add_parser(sub, HelpFormatter)
     finetune.add_parsers(sub, HelpFormatter)
     return parser
 

@@ -23,7 +23,7 @@ def cmd_train(args):
     from tinygpt.config import GPTConfig
     from tinygpt.data import RandomWindows
     from tinygpt.nn.gpt import GPTModel
-    from tinygpt.plots import plot_losses
+    from tinygpt.plots import GradNormLog, plot_grad_norms, plot_losses
     from tinygpt.train import TrainConfig, train
 
     out = Path(args.out)
@@ -49,7 +49,11 @@ def cmd_train(args):
     model = GPTModel(model_cfg)
     print(f"model: {args.config}, {model.num_parameters():,} parameters; "
           f"{len(tokens):,} tokens ({split:,} train)")
-    history = train(model, batches, cfg, out_dir=out, tokenizer=tokenizer)
+    grad_log = GradNormLog() if args.plot_grads else None
+    history = train(model, batches, cfg, out_dir=out, tokenizer=tokenizer,
+                    after_backward=grad_log.record if grad_log else None)
+    if grad_log and grad_log.layers:
+        print(f"gradient norms plot: {plot_grad_norms(grad_log, out / 'grad_norms.png')}")
     if history.steps:
         print(f"loss plot: {plot_losses(history, out / 'losses.png')}")
         print(f"final: train loss {history.train_loss[-1]:.4f}, "
@@ -116,5 +120,8 @@ def add_parser(sub, formatter):
     p.add_argument("--checkpoint-every", type=non_negative_int, default=500,
                    help="steps between checkpoints (one is also written at the end and on "
                         "Ctrl-C; 0: only then)")
+    p.add_argument("--plot-grads", action="store_true",
+                   help="also plot each layer's gradient norm at every step of this run "
+                        "(before clipping) to grad_norms.png in --out")
     add_seed_option(p, default=1337)
     p.set_defaults(func=cmd_train)
