@@ -21,7 +21,7 @@ from tinygpt.config import GPTConfig
 from tinygpt.data import RandomWindows
 from tinygpt.distributed import DataParallel, abort_on_error, init
 from tinygpt.nn import GPTModel
-from tinygpt.train import TrainConfig, train
+from tinygpt.train import TrainConfig, TrainingInterrupted, train
 
 MODEL = GPTConfig(vocab_size=37, context_length=8, emb_dim=16, n_heads=2, n_layers=2,
                   drop_rate=0.0)
@@ -62,8 +62,11 @@ def tiny_run(comm=None, dtype="float64", zero=False, out_dir=None, interrupt_at=
                             MODEL.context_length, seed=5)
     batches = Disturbed(windows, parallel.comm.rank, interrupt_at, fail_at)
     cfg = dataclasses.replace(RUN, checkpoint_every=checkpoint_every)
-    history = train(model, batches, cfg, out_dir=out_dir, progress=False,
-                    log=lambda line: None, parallel=parallel)
+    try:
+        history = train(model, batches, cfg, out_dir=out_dir, progress=False,
+                        log=lambda line: None, parallel=parallel)
+    except TrainingInterrupted as stop:  # an interrupted run saves, then stops all ranks
+        history = stop.history
     result = {"step_loss": np.array(history.step_loss), "val_loss": np.array(history.val_loss),
               "train_loss": np.array(history.train_loss)}
     result.update({f"param:{k}": backend.move(v, "numpy") for k, v in model.state_dict().items()})

@@ -1,7 +1,11 @@
 """The `tinygpt` command, run in-process through cli.main (and once as a real subprocess)."""
 
+import os
+import signal
+import socket
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -127,3 +131,117 @@ def test_every_default_is_shown_in_help(command):
             shown = "a newline" if action.default == "\n" else action.default
             assert f"(default: {shown})" in text, \
                 f"{command} {action.option_strings[0]} does not show its default"
+
+
+# ----------------------------------------------------------------------------- faults (issue 14)
+
+def test_train_without_data_uses_the_bundled_shakespeare(tmp_path, capsys):
+    out = tmp_path / "baby"
+    assert main(["train", "--out", str(out), "--max-steps", "2", "--batch-size", "2",
+                 "--context-length", "16", "--eval-iters", "1"]) == 0
+    assert "tinyshakespeare.txt" in capsys.readouterr().out
+    assert load_tokenizer(out).n_vocab == 65  # nanoGPT's 65 characters of Tiny Shakespeare
+
+
+def test_warm_up_scales_with_a_short_run_and_errors_name_the_options(text_file, tmp_path,
+                                                                     capsys):
+    assert main(["train", "--data", str(text_file), "--out", str(tmp_path / "a"),
+                 "--max-steps", "5", "--batch-size", "2", "--context-length", "16",
+                 "--eval-iters", "1"]) == 0  # the default warm-up of 100 steps did not fit
+    assert load_checkpoint(tmp_path / "a" / CHECKPOINT_NAME)["train_config"][
+        "warmup_steps"] == 0  # 10% of 5 steps
+    with pytest.raises(SystemExit, match="--warmup-steps 10 is more than --max-steps 4"):
+        run_train(text_file, tmp_path / "b", "--warmup-steps", "10")
+    assert not (tmp_path / "b").exists()
+
+
+def test_interrupting_train_with_sigterm_saves_and_exits_143(text_file, tmp_path):
+    out = tmp_path / "run"
+    command = [sys.executable, "-u", "-m", "tinygpt", "train", "--data", str(text_file),
+               "--out", str(out), "--max-steps", "100000", "--batch-size", "2",
+               "--context-length", "16", "--eval-every", "1", "--eval-iters", "1"]
+    child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True, env={**os.environ, "PYTHONPATH": os.getcwd()})
+    for line in child.stdout:  # wait until training runs
+        if line.startswith("step"):
+            break
+    child.send_signal(signal.SIGTERM)
+    stdout, stderr = child.communicate(timeout=120)
+    assert child.returncode == 143
+    assert "interrupted by SIGTERM at step" in stderr and "run the same command again" in stderr
+    assert "final:" not in stdout and "Traceback" not in stderr
+    step = load_checkpoint(out / CHECKPOINT_NAME)["step"]
+    assert f"saved step {step} to" in stderr
+    assert not (out / ".tinygpt.lock").exists()
+
+
+def test_a_refused_resume_writes_nothing(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train(text_file, out) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert run_train(text_file, out, "--tokenizer", "gpt2") == 1  # another vocabulary
+    assert "holds a model with config" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert main(["generate", "First", "--model", str(out), "--max-new-tokens", "3"]) == 0
+
+
+def test_resuming_with_changed_settings_says_what_it_does(text_file, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_train(text_file, out) == 0
+    capsys.readouterr()
+    assert run_train(text_file, out, "--max-steps", "6", "--lr", "0.002", "--seed", "5") == 0
+    text = capsys.readouterr().out
+    assert "resuming with --lr = 0.002 instead of the checkpoint's 0.001 from step 4" in text
+    assert "--max-steps = 6 instead of the checkpoint's 4" in text
+    assert "--seed = 5" in text and "batches from here on differ" in text
+    assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 6
+
+
+def test_a_second_train_on_the_same_out_is_refused(text_file, tmp_path, capsys):
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        out = tmp_path / "run"
+        out.mkdir()
+        (out / ".tinygpt.lock").write_text(f"{holder.pid}\n{socket.gethostname()}\n")
+        assert run_train(text_file, out) == 1
+        assert f"in use by process {holder.pid}" in capsys.readouterr().err
+        assert sorted(p.name for p in out.iterdir()) == [".tinygpt.lock"]  # nothing written
+    finally:
+        holder.kill()
+        holder.wait()
+    assert run_train(text_file, out) == 0  # the holder is gone: its lock is stale
+
+
+def test_prepare_refuses_to_overwrite_its_input(text_file, capsys):
+    assert main(["prepare", str(text_file), str(text_file)]) == 1
+    assert "is the text file itself" in capsys.readouterr().err
+    assert text_file.read_text(encoding="utf-8") == TEXT
+
+
+def test_token_files_are_checked_before_training(text_file, tmp_path, capsys):
+    odd = tmp_path / "odd.bin"
+    odd.write_bytes(b"\x01\x00\x02")
+    assert run_train(odd, tmp_path / "a") == 1
+    assert "not a whole number of uint16 token ids" in capsys.readouterr().err
+    too_big = tmp_path / "big.bin"
+    np.array([1, 2, 60000] * 100, dtype=np.uint16).tofile(too_big)
+    assert run_train(too_big, tmp_path / "b") == 1
+    assert "token id 60000 at position 2 is outside the vocabulary" in capsys.readouterr().err
+    upper = tmp_path / "TOKENS.BIN"
+    assert main(["prepare", str(text_file), str(upper)]) == 0
+    with pytest.raises(SystemExit, match="--tokenizer char: --data .* is a token file"):
+        run_train(upper, tmp_path / "c", "--tokenizer", "char")
+    assert main(["train", "--data", str(upper), "--config", "baby", "--out",
+                 str(tmp_path / "d"), "--max-steps", "1", "--batch-size", "2",
+                 "--context-length", "8", "--eval-iters", "1"]) == 0  # .BIN is a token file
+
+
+def test_a_diverging_run_ends_with_one_clear_line(text_file, tmp_path, capsys):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert run_train(text_file, tmp_path / "run", "--lr", "1e35", "--grad-clip", "0") == 1
+    assert not [w for w in caught if issubclass(w.category, RuntimeWarning)]
+    err = capsys.readouterr().err
+    assert "Warning" not in err
+    last = err.strip().splitlines()[-1]  # after the progress bar, nothing but the reason
+    assert last.startswith("error: ") and ("inf or NaN" in last or "loss became" in last)

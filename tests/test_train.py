@@ -13,7 +13,7 @@ from tinygpt.config import GPTConfig
 from tinygpt.data import BatchSource, EpochBatches, RandomWindows
 from tinygpt.nn import GPTModel
 from tinygpt.plots import plot_losses
-from tinygpt.train import TrainConfig, TrainingError, train
+from tinygpt.train import TrainConfig, TrainingError, TrainingInterrupted, train
 from tinygpt.weights import CheckpointError
 
 MODEL = GPTConfig(vocab_size=50, context_length=16, emb_dim=32, n_heads=4, n_layers=2,
@@ -24,14 +24,15 @@ TOKENS = np.random.default_rng(0).integers(0, 50, 3000)
 
 
 class InterruptAt:
-    """Batches that press Ctrl-C (a real SIGINT) while drawing the batch of ``step``."""
+    """Batches that send a real signal (Ctrl-C's SIGINT by default) to this process while
+    drawing the batch of ``step``."""
 
-    def __init__(self, batches, step):
-        self.batches, self.step = batches, step
+    def __init__(self, batches, step, signum=signal.SIGINT):
+        self.batches, self.step, self.signum = batches, step, signum
 
     def train_batch(self, index):
         if index == self.step:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), self.signum)
         return self.batches.train_batch(index)
 
     def eval_batches(self, split, count):
@@ -56,8 +57,10 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_losses(tmp_path):
     straight = quiet(fresh_model(), windows(), RUN)
 
     out = tmp_path / "run"
-    first = quiet(fresh_model(), InterruptAt(windows(), 4), RUN, out_dir=out)
-    assert len(first.step_loss) == 5  # Ctrl-C during step 5: that step finishes, then saves
+    with pytest.raises(TrainingInterrupted, match="interrupted by SIGINT at step 5") as stop:
+        quiet(fresh_model(), InterruptAt(windows(), 4), RUN, out_dir=out)
+    assert stop.value.exit_status == 130
+    assert len(stop.value.history.step_loss) == 5  # Ctrl-C in step 5: it finishes, then saves
     assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 5
 
     # A new process would start from a fresh (differently initialised) model object.
@@ -66,6 +69,50 @@ def test_resume_after_ctrl_c_reproduces_the_uninterrupted_losses(tmp_path):
     assert resumed.step_loss == straight.step_loss  # bit-exact, dropout included
     assert resumed.val_loss == straight.val_loss
     assert resumed.tokens_seen == straight.tokens_seen
+
+
+def test_sigterm_saves_and_stops_like_ctrl_c(tmp_path):
+    straight = quiet(fresh_model(), windows(), RUN)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at step 3: saved step 3") as stop:
+        quiet(fresh_model(), InterruptAt(windows(), 2, signal.SIGTERM), RUN, out_dir=out)
+    assert stop.value.exit_status == 143  # 128 + SIGTERM, as a shell reports it
+    assert load_checkpoint(out / CHECKPOINT_NAME)["step"] == 3
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # the handler is put back
+    resumed = quiet(GPTModel(MODEL), windows(), RUN, out_dir=out)
+    assert resumed.step_loss == straight.step_loss
+
+
+def test_an_update_to_inf_weights_never_replaces_the_last_good_checkpoint(tmp_path):
+    # The warm-up takes the rate from 1e-3 at step 1 to 2.5e39 at step 2: the second update
+    # makes float32 weights inf while the loss of that step, computed before it, is finite.
+    cfg = dataclasses.replace(RUN, max_steps=4, warmup_steps=4, initial_lr=1e-3,
+                              peak_lr=1e40, checkpoint_every=1, grad_clip=None)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError, match="weights became inf or NaN at step 2; not saved "
+                                            "\\(the last good checkpoint is"):
+        quiet(fresh_model(), windows(), cfg, out_dir=out)
+    saved = load_checkpoint(out / CHECKPOINT_NAME)
+    assert saved["step"] == 1
+    assert all(np.isfinite(v).all() for v in saved["model"].values())
+
+
+def test_the_loss_history_is_kept_out_of_the_checkpoint_header(tmp_path):
+    from safetensors import safe_open
+
+    def header_history(steps):
+        out = tmp_path / f"run{steps}"
+        cfg = dataclasses.replace(RUN, max_steps=steps, eval_every=1, warmup_steps=0)
+        history = quiet(fresh_model(), windows(), cfg, out_dir=out)
+        with safe_open(str(out / CHECKPOINT_NAME), framework="numpy") as f:
+            header_history = f.metadata()["history"]
+        saved = load_checkpoint(out / CHECKPOINT_NAME)["history"]
+        assert saved["step_loss"].tolist() == history.step_loss  # stored exactly
+        assert saved["steps"].tolist() == list(range(1, steps + 1))
+        return header_history
+
+    # In the header the history is only the names of its arrays: it does not grow.
+    assert header_history(3) == header_history(9)
 
 
 def test_loss_goes_down_on_a_learnable_sequence():
@@ -176,3 +223,21 @@ def test_plot_is_written(tmp_path):
     path = plot_losses(history, tmp_path / "losses.png")
     assert path.read_bytes()[:4] == b"\x89PNG"
     assert list(tmp_path.iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.mark.parametrize("field, value", [("grad_clip", -1.0), ("peak_lr", 0.0),
+                                          ("weight_decay", -0.1), ("checkpoint_every", -1),
+                                          ("warmup_steps", 11), ("eval_iters", 0)])
+def test_out_of_range_settings_are_refused(field, value):
+    with pytest.raises(ValueError, match=f"TrainConfig.{field} must be"):
+        dataclasses.replace(RUN, **{field: value})
+
+
+def test_clip_grad_norm_refuses_a_negative_norm():
+    from tinygpt.optim import clip_grad_norm
+
+    p = tinygpt.tensor([3.0, 4.0], requires_grad=True)
+    (p * p).sum().backward()
+    with pytest.raises(ValueError, match="max_norm must be >= 0, got -1"):
+        clip_grad_norm([p], -1.0)
+    np.testing.assert_array_equal(p.grad, [6.0, 8.0])  # untouched

@@ -1,8 +1,9 @@
 """tinygpt's own checkpoints, and ``load_model``: the one loader behind every ``--model``.
 
 A training checkpoint is one safetensors file, ``checkpoint.safetensors``: the model's
-tensors under ``model.``, the optimizer's arrays under ``optimizer.``, and everything else
-(configs, step, loss history, random generator) as JSON strings in the file's metadata — no
+tensors under ``model.``, the optimizer's arrays under ``optimizer.``, arrays of the loss
+history under ``history.`` (a long run's history would overflow the header), and everything
+else (configs, step, random generator) as JSON strings in the file's metadata — no
 pickle, so loading a file cannot run code. A tied output head is stored once, as the token
 embedding.
 
@@ -72,8 +73,8 @@ def save_checkpoint(path, model, optimizer_state: dict, step: int, history: dict
                     train_config: dict) -> Path:
     """Write one checkpoint file atomically.
 
-    ``optimizer_state`` is ``optimizer.state_dict()``; ``history`` and ``train_config`` are
-    plain dicts (e.g. ``dataclasses.asdict`` of the loop's own classes)."""
+    ``optimizer_state`` is ``optimizer.state_dict()``; ``history`` (lists or arrays) and
+    ``train_config`` are plain dicts (e.g. ``dataclasses.asdict`` of the loop's classes)."""
     state = model.state_dict()
     tied = [k for k in state if _is_tied_head(model, k)]
     arrays = {f"model.{k}": numpy.ascontiguousarray(backend.move(v, "numpy"))
@@ -84,7 +85,7 @@ def save_checkpoint(path, model, optimizer_state: dict, step: int, history: dict
         "model_config": json.dumps(model.cfg.to_dict()),
         "train_config": json.dumps(train_config),
         "optimizer": json.dumps(optimizer_meta),
-        "history": json.dumps(history),
+        "history": json.dumps(_split_arrays(history, "history", arrays)),
         "rng": json.dumps(backend.get_rng_state()),
         "step": str(step),
         "tied_keys": json.dumps(tied),
@@ -149,7 +150,7 @@ def load_checkpoint(path) -> dict:
         "model_config": GPTConfig(**json.loads(meta["model_config"])),
         "train_config": json.loads(meta["train_config"]),
         "optimizer": _join_arrays(json.loads(meta["optimizer"]), arrays),
-        "history": json.loads(meta["history"]),
+        "history": _join_arrays(json.loads(meta["history"]), arrays),
         "rng": json.loads(meta["rng"]),
         "step": int(meta["step"]),
     }

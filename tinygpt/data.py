@@ -250,6 +250,9 @@ def prepare_token_file(
     """
     text_path, out_path = Path(text_path), Path(out_path)
     chunk_chars = _positive_int("chunk_chars", chunk_chars)
+    if out_path.exists() and text_path.exists() and os.path.samefile(text_path, out_path):
+        raise ValueError(f"{out_path} is the text file itself: writing the tokens there would "
+                         "replace the text; choose another output file (e.g. ending in .bin)")
     tokenizer = tokenizer if tokenizer is not None else gpt2_encoding()
     vocab_size = _vocab_size_of(tokenizer)
     if vocab_size is not None and vocab_size > np.iinfo(TOKEN_DTYPE).max + 1:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import signal
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,8 +32,9 @@ from tinygpt.distributed import DataParallel, ZeroAdamW
 from tinygpt.generation import generate
 from tinygpt.nn import evaluating
 from tinygpt.optim import AdamW, param_groups_for_weight_decay, warmup_cosine_lr
+from tinygpt.rundir import locked
 from tinygpt.tensor import no_grad
-from tinygpt.tokenizer import ENDOFTEXT
+from tinygpt.tokenizer import ENDOFTEXT, save_tokenizer
 
 
 @dataclass
@@ -61,6 +63,16 @@ class TrainConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
+        non_negative = ("initial_lr", "min_lr", "weight_decay", "sample_every", "sample_tokens",
+                        "checkpoint_every")
+        for name in non_negative:
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if not self.peak_lr > 0:
+            raise ValueError(f"TrainConfig.peak_lr must be positive, got {self.peak_lr}")
+        if self.grad_clip is not None and not self.grad_clip >= 0:
+            raise ValueError(f"TrainConfig.grad_clip must be >= 0 or None (no clipping), got "
+                             f"{self.grad_clip}")
         if not 0 <= self.warmup_steps <= self.max_steps:
             raise ValueError(f"TrainConfig.warmup_steps must be between 0 and max_steps "
                              f"({self.max_steps}), got {self.warmup_steps}")
@@ -112,25 +124,40 @@ def make_optimizer(model, cfg: TrainConfig, parallel=None) -> AdamW | ZeroAdamW:
     return AdamW(groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
 
 
-class _StopRequest:
-    """Turns Ctrl-C into a request to stop after the current step (and save)."""
+class TrainingInterrupted(KeyboardInterrupt):
+    """Training stopped on SIGINT (Ctrl-C) or SIGTERM (``kill``, schedulers, containers)
+    after saving a checkpoint. A KeyboardInterrupt, so code that catches Exception lets it
+    through and nothing downstream (plots, test responses) runs on a half-trained model;
+    ``exit_status`` is the shell's convention, 128 + the signal number (130, 143)."""
+
+    def __init__(self, message, signum, history):
+        super().__init__(message)
+        self.exit_status, self.history = 128 + signum, history
+
+
+class StopOnSignal:
+    """Turns SIGINT and SIGTERM into a request to stop after the current step (and save);
+    the previous handlers come back on exit."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self):
-        self.requested = False
+        self.signum, self.previous = None, {}
 
     def __enter__(self):
-        try:
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        except ValueError:  # not in the main thread: leave Ctrl-C alone
-            self.previous = None
+        for signum in self.SIGNALS:
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not in the main thread: leave the signals alone
+                pass
         return self
 
     def _handle(self, signum, frame):
-        self.requested = True
+        self.signum = signum
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
 
 
 def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer=None,
@@ -140,33 +167,47 @@ def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer
     for cfg.max_steps.
 
     With ``out_dir``, checkpoints go to out_dir/checkpoint.safetensors every
-    ``checkpoint_every`` steps, at the end, and on Ctrl-C; a run finding one there (and
-    ``resume``) continues from it. ``parallel`` (a ``distributed.DataParallel``) spreads
-    each batch over several processes; rank 0 alone logs and writes checkpoints.
+    ``checkpoint_every`` steps, at the end, and on SIGINT/SIGTERM (then TrainingInterrupted
+    is raised); a run finding one there (and ``resume``) continues from it, after checking
+    that it fits, and only then writes anything (``tokenizer.json`` too). The directory is
+    locked while the loop runs. ``parallel`` (a ``distributed.DataParallel``) spreads each
+    batch over several processes; rank 0 alone logs and writes.
     ``after_backward(step, model)``, if given, runs each step once the gradients are in,
     before clipping and the optimizer step (``tinygpt.plots.GradNormLog.record`` does).
     """
     parallel = parallel if parallel is not None else DataParallel()
     log = log if parallel.is_main else _silent
     optimizer = make_optimizer(model, cfg, parallel)
-    history, start = History(), 0
     checkpoint = Path(out_dir) / CHECKPOINT_NAME if out_dir is not None else None
-    if checkpoint is not None and resume and parallel.file_exists(checkpoint):
-        start, history = _resume(checkpoint, model, optimizer)
-        log(f"resumed from {checkpoint} at step {start}")
-    else:
-        backend.manual_seed(cfg.seed)
-    parallel.separate_random_streams()
+    writes = checkpoint is not None and parallel.is_main
+    with locked(out_dir) if writes else nullcontext():
+        history, start = History(), 0
+        if checkpoint is not None and resume and parallel.file_exists(checkpoint):
+            start, history = _resume(checkpoint, model, optimizer, cfg, log)
+        else:
+            backend.manual_seed(cfg.seed)
+        if writes and tokenizer is not None:
+            save_tokenizer(tokenizer, out_dir)  # after the checks: a refused run writes nothing
+        parallel.separate_random_streams()
+        _loop(model, optimizer, batches, cfg, history, start, checkpoint, tokenizer, log,
+              progress, parallel, after_backward)
+    return history
+
+
+def _loop(model, optimizer, batches, cfg, history, start, checkpoint, tokenizer, log,
+          progress, parallel, after_backward):
+    """Steps ``start`` to ``cfg.max_steps``: train, evaluate, sample, checkpoint, stop."""
     model.train()
-    bar = _progress_bar(start, cfg.max_steps, progress and parallel.is_main)
-    with _StopRequest() as stop:
+    # A diverging run overflows; the loop checks every loss itself and stops with one clear
+    # message, so NumPy's overflow warnings would only bury it.
+    with (_progress_bar(start, cfg.max_steps, progress and parallel.is_main) as bar,
+          StopOnSignal() as stop, numpy.errstate(over="ignore", invalid="ignore")):
         for step in range(start, cfg.max_steps):
             loss = _train_step(model, optimizer, batches, step, cfg, parallel, after_backward)
             if not math.isfinite(loss):
-                where = (f"the last good checkpoint is {checkpoint}" if checkpoint and
-                         checkpoint.is_file() else "no checkpoint was written")
-                raise TrainingError(f"loss became {loss} at step {step + 1}; stopping ({where}). "
-                                    "Try a lower learning rate or gradient clipping.")
+                raise TrainingError(f"loss became {loss} at step {step + 1}; stopping "
+                                    f"({_last_good(checkpoint)}). Try a lower --lr or "
+                                    "gradient clipping (--grad-clip).")
             history.step_loss.append(loss)
             history.lr.append(optimizer.param_groups[0]["lr"])
             done = step + 1
@@ -177,18 +218,50 @@ def train(model, batches: BatchSource, cfg: TrainConfig, out_dir=None, tokenizer
                 log(sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
-            stopping = parallel.any(stop.requested)  # Ctrl-C may reach some ranks only
+            stopping = parallel.any(stop.signum is not None)  # a signal may reach some ranks only
             if checkpoint is not None and (stopping or done == cfg.max_steps or (
                     cfg.checkpoint_every and done % cfg.checkpoint_every == 0)):
-                state = optimizer.state_dict()  # under ZeRO, gathered from every rank
-                if parallel.is_main:
-                    save_checkpoint(checkpoint, model, state, done, asdict(history), asdict(cfg))
+                _save(checkpoint, model, optimizer, done, history, cfg, parallel)
             if stopping:
-                log(f"interrupted: saved step {done} to {checkpoint}" if checkpoint
-                    else "interrupted")
-                break
-    bar.close()
-    return history
+                raise _interrupted(stop.signum or signal.SIGINT, done, checkpoint, history)
+
+
+def _interrupted(signum, done, checkpoint, history) -> TrainingInterrupted:
+    saved = (f"saved step {done} to {checkpoint}; run the same command again to resume"
+             if checkpoint is not None else "nothing was saved")
+    name = signal.Signals(signum).name
+    return TrainingInterrupted(f"interrupted by {name} at step {done}: {saved}", signum, history)
+
+
+def _save(checkpoint, model, optimizer, done, history, cfg, parallel):
+    """Write a checkpoint, unless a weight is inf or NaN: a checkpoint is always one that
+    training can continue from, so a bad update never replaces the last good file."""
+    if not _all_finite(model):
+        raise TrainingError(f"the weights became inf or NaN at step {done}; not saved "
+                            f"({_last_good(checkpoint)}). Try a lower --lr or gradient "
+                            "clipping (--grad-clip).")
+    state = optimizer.state_dict()  # under ZeRO, gathered from every rank
+    if parallel.is_main:
+        save_checkpoint(checkpoint, model, state, done, _history_arrays(history), asdict(cfg))
+
+
+def _all_finite(model) -> bool:
+    xp = backend.xp()
+    return all(bool(xp.isfinite(p.data).all()) for p in model.parameters())
+
+
+def _last_good(checkpoint) -> str:
+    if checkpoint is not None and checkpoint.is_file():
+        return f"the last good checkpoint is {checkpoint}"
+    return "no checkpoint was written"
+
+
+def _history_arrays(history: History) -> dict:
+    """The history as arrays: stored as tensors beside the weights, not in the checkpoint's
+    JSON header, which has a size limit that a long run's loss list would pass."""
+    return {name: numpy.asarray(values, dtype=numpy.int64 if name in ("steps", "tokens_seen")
+                                else numpy.float64)
+            for name, values in asdict(history).items()}
 
 
 def _train_step(model, optimizer, batches, step, cfg, parallel, after_backward=None) -> float:
@@ -230,15 +303,45 @@ def _record_eval(model, batches, cfg, history, done, log, parallel):
         f"| tokens seen {tokens:,}")
 
 
-def _resume(checkpoint, model, optimizer):
+def _resume(checkpoint, model, optimizer, cfg, log):
+    """Load a run's state into ``model`` and ``optimizer``; returns (step, history). Refuses
+    a checkpoint of another model, and says which changed settings it uses from here on."""
     ckpt = load_checkpoint(checkpoint)
     if ckpt["model_config"] != model.cfg:
         raise TrainingError(f"{checkpoint} holds a model with config {ckpt['model_config']}, "
-                            f"not {model.cfg}; use another --out directory")
+                            f"not {model.cfg}; use another --out directory (or the same "
+                            "model options as the run there)")
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     backend.set_rng_state(ckpt["rng"])
-    return ckpt["step"], History(**ckpt["history"])
+    step = ckpt["step"]
+    log(f"resumed from {checkpoint} at step {step}")
+    for line in _changed_settings(ckpt["train_config"], asdict(cfg), step):
+        log(line)
+    history = History(**{k: list(numpy.asarray(v).tolist()) for k, v in ckpt["history"].items()})
+    return step, history
+
+
+def _changed_settings(saved: dict, current: dict, step: int) -> list[str]:
+    """One line per setting that differs from the checkpoint's: the new value is used.
+    Settings are named as the command-line options that set them."""
+    lines = []
+    for name, value in current.items():
+        if name in saved and saved[name] != value and name in OPTION_OF:
+            effect = ("the batches from here on differ from the interrupted run's"
+                      if name == "seed" else "the new value is used")
+            lines.append(f"resuming with {OPTION_OF[name]} = {value!r} instead of the "
+                         f"checkpoint's {saved[name]!r} from step {step} on: {effect}")
+    if current["max_steps"] <= step:
+        lines.append(f"the run already reached step {step}: raise --max-steps to train on")
+    return lines
+
+
+# The command-line option of each TrainConfig field (initial_lr follows --lr).
+OPTION_OF = {name: "--" + name.replace("_", "-") for name in (
+    "max_steps", "batch_size", "grad_accum", "min_lr", "warmup_steps", "weight_decay",
+    "grad_clip", "eval_every", "eval_iters", "sample_every", "sample_prompt",
+    "checkpoint_every", "seed")} | {"peak_lr": "--lr"}
 
 
 def _silent(*args, **kwargs):

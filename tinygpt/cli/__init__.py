@@ -9,7 +9,7 @@
 
 Shared options (``--model``, sampling, evaluation, optimizer) are written once, in
 ``cli/options.py``. ``main`` turns the errors a user can cause into one line and an exit
-status: 1 for bad input, 130 for Ctrl-C.
+status: 1 for bad input, 130 for Ctrl-C (SIGINT), 143 for SIGTERM.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        return 130
+    except KeyboardInterrupt as interrupt:  # TrainingInterrupted: it saved, then stopped
+        print(str(interrupt) or "interrupted", file=sys.stderr)
+        return getattr(interrupt, "exit_status", 130)
     return 0

@@ -27,6 +27,7 @@ def cmd_train(args):
     from tinygpt.train import TrainConfig, train
 
     out = Path(args.out)
+    warmup = _warmup_steps(args)
     tokenizer, tokens = _training_tokens(args, out)
     overrides = {"vocab_size": tokenizer.n_vocab}
     if args.context_length:
@@ -39,8 +40,8 @@ def cmd_train(args):
                             model_cfg.context_length, seed=args.seed)
     cfg = TrainConfig(
         max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
-        peak_lr=args.lr, initial_lr=args.lr * 0.01 if args.warmup_steps else args.lr,
-        min_lr=args.min_lr, warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        peak_lr=args.lr, initial_lr=args.lr * 0.01 if warmup else args.lr,
+        min_lr=args.min_lr, warmup_steps=warmup, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip or None, eval_every=args.eval_every,
         eval_iters=args.eval_iters, sample_every=args.sample_every,
         sample_prompt=args.sample_prompt, checkpoint_every=args.checkpoint_every,
@@ -48,7 +49,7 @@ def cmd_train(args):
     backend.manual_seed(args.seed)
     model = GPTModel(model_cfg)
     print(f"model: {args.config}, {model.num_parameters():,} parameters; "
-          f"{len(tokens):,} tokens ({split:,} train)")
+          f"{len(tokens):,} tokens of {args.data} ({split:,} train)")
     grad_log = GradNormLog() if args.plot_grads else None
     history = train(model, batches, cfg, out_dir=out, tokenizer=tokenizer,
                     after_backward=grad_log.record if grad_log else None)
@@ -60,26 +61,48 @@ def cmd_train(args):
               f"val loss {history.val_loss[-1]:.4f}")
 
 
-def _training_tokens(args, out):
-    """(tokenizer, token array) for --data: a text file or a token file from `prepare`."""
-    from tinygpt.tokenizer import CharTokenizer, gpt2_encoding, save_tokenizer
+def _warmup_steps(args) -> int:
+    """--warmup-steps, by default 10% of the run (at most 100 steps, nanoGPT's figure)."""
+    if args.warmup_steps is None:
+        return min(100, args.max_steps // 10)
+    if args.warmup_steps > args.max_steps:
+        raise SystemExit(f"error: --warmup-steps {args.warmup_steps} is more than --max-steps "
+                         f"{args.max_steps}")
+    return args.warmup_steps
 
+
+def _training_tokens(args, out):
+    """(tokenizer, token array) for --data: a text file (the bundled Tiny Shakespeare when
+    --data is not given) or a token file from `tinygpt prepare`, checked up front."""
+    from tinygpt.corpora import SHAKESPEARE, corpus_path
+    from tinygpt.data import open_token_file
+    from tinygpt.tokenizer import CharTokenizer, gpt2_encoding
+
+    if args.data is None:
+        args.data = str(corpus_path(SHAKESPEARE))
     data = Path(args.data)
     if not data.is_file():
         raise SystemExit(f"error: --data {data}: no such file")
-    if data.suffix == ".bin":
-        return gpt2_encoding(), numpy.memmap(data, dtype=numpy.uint16, mode="r")
-    text = data.read_text(encoding="utf-8")
+    if data.suffix.lower() == ".bin":
+        if args.tokenizer is not None:
+            raise SystemExit(f"error: --tokenizer {args.tokenizer}: --data {data} is a token "
+                             "file, already tokenized with GPT-2's BPE; leave --tokenizer out")
+        encoding = gpt2_encoding()
+        return encoding, open_token_file(data, vocab_size=encoding.n_vocab)
+    try:
+        text = data.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise SystemExit(f"error: --data {data} is not UTF-8 text ({err.reason} at byte "
+                         f"{err.start}); a token file must end in .bin") from None
     if not text:
         raise SystemExit(f"error: --data {data} is empty")
     tokenizer_kind = args.tokenizer or ("char" if args.config == "baby" else "gpt2")
     if tokenizer_kind == "char":
-        existing = out / "tokenizer.json"
+        existing = out / "tokenizer.json"  # a run being resumed keeps its vocabulary
         tokenizer = (CharTokenizer.load(existing) if existing.is_file()
                      else CharTokenizer.from_text(text))
     else:
         tokenizer = gpt2_encoding()
-    save_tokenizer(tokenizer, out)
     tokens = numpy.asarray(tokenizer.encode(text, allowed_special={ENDOFTEXT}),
                            dtype=numpy.int64)
     return tokenizer, tokens
@@ -90,8 +113,9 @@ def add_parser(sub, formatter):
         "train", help="pretrain a GPT on a text file (resumable)", formatter_class=formatter,
         description="Train a GPT from scratch on --data. Checkpoints go to --out; running the "
                     "same command again resumes from the last checkpoint.")
-    p.add_argument("--data", required=True,
-                   help="a UTF-8 text file, or a token file made by `tinygpt prepare` (.bin)")
+    p.add_argument("--data", default=None,
+                   help="a UTF-8 text file, or a token file made by `tinygpt prepare` (.bin) "
+                        "(default: Tiny Shakespeare, 1.1 MB, bundled with tinygpt)")
     p.add_argument("--config", default="baby",
                    help="model size: baby (4 layers, 128 dims), gpt2-124M, gpt2-355M, "
                         "gpt2-774M, gpt2-1558M")
@@ -106,8 +130,9 @@ def add_parser(sub, formatter):
                    help="micro-batches whose gradients add up before each step")
     p.add_argument("--min-lr", type=float, default=1e-4,
                    help="learning rate at the end of the cosine decay")
-    p.add_argument("--warmup-steps", type=non_negative_int, default=100,
-                   help="steps of linear warm-up to the peak rate")
+    p.add_argument("--warmup-steps", type=non_negative_int, default=None,
+                   help="steps of linear warm-up to the peak rate (default: 10%% of "
+                        "--max-steps, at most 100)")
     p.add_argument("--dropout", type=probability, default=None,
                    help="dropout rate (default: the config's)")
     p.add_argument("--val-fraction", type=fraction, default=0.1,

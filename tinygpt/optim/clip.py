@@ -22,6 +22,8 @@ def clip_grad_norm(parameters, max_norm: float, norm_type: float = 2.0,
     shared by two parameters (the engine hands out one array where it can), so it is
     replaced by a scaled copy instead, never modified.
     """
+    if not max_norm >= 0:  # a negative factor would turn gradient descent into ascent
+        raise ValueError(f"clip_grad_norm: max_norm must be >= 0, got {max_norm}")
     if isinstance(parameters, Tensor):
         parameters = [parameters]
     with_grad = [p for p in parameters if p.grad is not None]
