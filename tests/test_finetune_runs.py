@@ -78,8 +78,9 @@ def test_interrupted_finetune_instruct_resumes_to_the_uninterrupted_result(
     with monkeypatch.context() as patch:
         interrupt_after(patch, 2)
         assert main(instruct_command(data, base, resumed, *extra)) == 130
-    printed = capsys.readouterr().out
-    assert "interrupted at step 2 of 4" in printed and "run the same command again" in printed
+    captured = capsys.readouterr()
+    printed = captured.out + captured.err
+    assert "interrupted by SIGINT at step 2" in printed and "run the same command again" in printed
     assert "training completed" not in printed
     assert not (resumed / RESPONSES_FILE).exists()  # nothing after training ran
     assert not (resumed / "model.safetensors").exists()

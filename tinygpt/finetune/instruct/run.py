@@ -166,9 +166,9 @@ def run_instruction_finetuning(cfg: InstructConfig, log=print):
     """The whole chapter-7 flow for ``tinygpt finetune-instruct`` and the example script.
     Returns (history, responses).
 
-    Interrupted (Ctrl-C, or SIGTERM where the training loop handles it), the checkpoint is
-    saved, a line says how to resume, and KeyboardInterrupt is raised: nothing after
-    training (saving the merged model, test responses, judge) runs."""
+    Interrupted (Ctrl-C or SIGTERM), the training loop saves the checkpoint and raises
+    ``tinygpt.train.TrainingInterrupted`` (a KeyboardInterrupt) whose message says how to
+    resume: nothing after training (saving the merged model, test responses, judge) runs."""
     entries = load_entries(cfg.data)
     split = split_data(entries)
     log(f"data: {len(entries)} entries -> {len(split.train)} train, {len(split.val)} "
@@ -194,10 +194,6 @@ def run_instruction_finetuning(cfg: InstructConfig, log=print):
         lr=cfg.lr, weight_decay=cfg.weight_decay, allowed_max_length=cfg.allowed_max_length,
         mask_prompt=cfg.mask_prompt, seed=cfg.seed, eval_every=cfg.eval_every,
         eval_iters=cfg.eval_iters, out_dir=_train_dir(cfg), log=log)
-    if len(history.step_loss) < steps:
-        log(f"interrupted at step {len(history.step_loss)} of {steps}: the checkpoint is in "
-            f"{_train_dir(cfg)}; run the same command again to resume")
-        raise KeyboardInterrupt
     log(f"training completed in {(time.perf_counter() - start) / 60:.2f} minutes")
     _log_epochs(history, batches, log)
     _save_trained(model, tokenizer, cfg, history, log)
