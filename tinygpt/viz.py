@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy
 
+from tinygpt import backend
 from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.tensor import Tensor, _graph_freed
 
@@ -46,6 +47,7 @@ def to_dot(tensor: Tensor, model=None, names=None, grads=False, rankdir="TB") ->
         if node._op:
             placed[id(node)] = _cluster_of_call(root, node._scope)
     by_path = {module_paths[id(c.module)]: c for c in root.walk() if id(c.module) in module_paths}
+    # the first op that uses each tensor (walking backwards, the earliest is written last)
     first_use = {id(p): node for node in reversed(nodes) for p in node._parents}
     for node in nodes:
         if not node._op:
@@ -97,8 +99,8 @@ def graph_nodes(tensor) -> list[Tensor]:
     """Every tensor in the graph behind ``tensor``, each after its parents (iterative DFS):
     the ops (``t._op`` names them) and the leaves."""
     if tensor._backward is _graph_freed:
-        raise ValueError("to_dot: backward() has freed this graph; call "
-                         "backward(retain_graph=True) to draw it after backward")
+        raise ValueError("backward() has freed the graph behind this tensor; call "
+                         "backward(retain_graph=True) to look at it after backward")
     order, seen, stack = [], set(), [(tensor, False)]
     while stack:
         node, parents_done = stack.pop()
@@ -131,7 +133,8 @@ def _node_label(node, leaf_names, grads):
             name = f"{node.item():.4g}" if node.size == 1 else "constant"
     label = f"{name}\\n{shape}"
     if grads and node.grad is not None:
-        label += f"\\n|grad| {float(numpy.linalg.norm(numpy.asarray(node.grad))):.3g}"
+        norm = float(numpy.linalg.norm(backend.move(node.grad, "numpy")))
+        label += f"\\n|grad| {norm:.3g}"
     return label, "ellipse"
 
 
