@@ -65,3 +65,13 @@ def test_bad_environment_value_is_one_warning_and_ignored():
     assert "TINYGPT_NUM_THREADS must be a positive integer, got 'many'" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert json.loads(proc.stdout)["numba"] == numba.config.NUMBA_NUM_THREADS
+
+
+def test_threads_flag_on_a_command(restore_threads, monkeypatch, capsys):
+    from tinygpt.cli import main
+
+    monkeypatch.setenv("TINYGPT_NUM_THREADS", "2")  # undone after the test
+    assert main(["info", "baby", "--threads", "1"]) == 0
+    assert "baby" in capsys.readouterr().out
+    assert blas_threads() == {1} and numba.get_num_threads() == 1
+    assert os.environ["TINYGPT_NUM_THREADS"] == "1"  # inherited by --nproc ranks

@@ -18,7 +18,7 @@ import argparse
 import sys
 
 from tinygpt.cli import attention, finetune, generate, info, train
-from tinygpt.cli.options import HelpFormatter
+from tinygpt.cli.options import HelpFormatter, add_threads_option, apply_threads_option
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,12 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_parsers(sub, HelpFormatter)
     attention.add_parser(sub, HelpFormatter)
     finetune.add_parsers(sub, HelpFormatter)
+    for command in sub.choices.values():
+        add_threads_option(command)
     return parser
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        apply_threads_option(args)
         args.func(args)
     except (ValueError, RuntimeError, OSError) as err:
         print(f"error: {err}", file=sys.stderr)

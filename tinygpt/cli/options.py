@@ -10,6 +10,9 @@ is one clear line (``argument --grad-clip: must be >= 0, got -1``) before anythi
 from __future__ import annotations
 
 import argparse
+import os
+
+from tinygpt import backend
 
 MODEL_HELP = ("a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: downloaded once), a "
               "Hugging Face directory (config.json + model.safetensors), a .safetensors file, "
@@ -104,3 +107,18 @@ def add_training_options(p, lr, batch_size, weight_decay=0.1, grad_clip=None, wh
     if grad_clip is not None:
         p.add_argument("--grad-clip", type=non_negative_float, default=grad_clip,
                        help="clip the gradient norm to this (0 turns clipping off)")
+
+
+def add_threads_option(p):
+    """``--threads``: threads for matrix products and Numba kernels (every command has it)."""
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="threads for matrix products and kernels (default: TINYGPT_NUM_THREADS "
+                        "or every core); use 1 when other work shares the machine")
+
+
+def apply_threads_option(args) -> None:
+    """Apply ``--threads`` (``tinygpt.backend.set_num_threads``), also for processes this one
+    starts (``--nproc`` ranks), through TINYGPT_NUM_THREADS."""
+    if getattr(args, "threads", None):
+        os.environ["TINYGPT_NUM_THREADS"] = str(args.threads)
+        backend.set_num_threads(args.threads)
