@@ -108,6 +108,13 @@ def test_train_plot_grads_and_attention_commands(tmp_path, capsys):
     assert capsys.readouterr().out == f"4 layers x 4 heads over 9 tokens: {tmp_path / 'att.png'}\n"
     assert matplotlib.image.imread(tmp_path / "att.png").ndim == 3
 
+    with pytest.raises(SystemExit, match=r"--out a.txt: the picture's name must end in "
+                                         r"\.png, \.svg, \.pdf"):
+        main(["attention", "First", "--model", str(out), "--out", "a.txt"])
+    with pytest.raises(SystemExit, match="the prompt is 80 tokens; the model reads at most 16"):
+        main(["attention", "F" * 80, "--model", str(out), "--out", str(tmp_path / "b.png")])
+    assert not (tmp_path / "b.png").exists()
+
 
 def test_the_train_callback_sees_gradients_before_clipping():
     from tinygpt.data import RandomWindows

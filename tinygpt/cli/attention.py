@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tinygpt.cli.options import add_model_option
 from tinygpt.tokenizer import ENDOFTEXT
+
+PICTURE_SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def cmd_attention(args):
     from tinygpt.checkpoints import load_model
     from tinygpt.plots import attention_weights, plot_attention
 
+    if Path(args.out).suffix.lower() not in PICTURE_SUFFIXES:
+        raise SystemExit(f"error: --out {args.out}: the picture's name must end in "
+                         f"{', '.join(PICTURE_SUFFIXES)}")
     model, tokenizer = load_model(args.model)
     ids = tokenizer.encode(args.prompt, allowed_special={ENDOFTEXT})
     if not ids:
