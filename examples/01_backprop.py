@@ -12,10 +12,16 @@
 Everything is deterministic (tinygpt.manual_seed), and takes about a second.
 """
 
+import argparse
+
 import numpy as np
 
 import tinygpt
 import tinygpt.functional as F
+
+# The walkthrough takes no options; --help says what it does, like every other example.
+argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                        epilog="Run it as it is: python examples/01_backprop.py").parse_args()
 
 
 def scalar(value, name):

@@ -1,6 +1,6 @@
 """From raw text to input embeddings: the walk of the book's chapter 2, with tinygpt.
 
-    python examples/02_tokenization.py [--data the-verdict.txt]
+    python examples/02_tokenization.py [--data FILE]
 
 1. a simple word tokenizer: split on punctuation and whitespace, number the words of the
    text's vocabulary, and map unknown words to ``<|unk|>`` (the book's SimpleTokenizerV2);
@@ -11,7 +11,7 @@
    prediction;
 4. token ids become vectors through a token embedding, plus a positional embedding.
 
-Without ``--data`` the story "The Verdict" is downloaded once into ~/.cache/tinygpt/.
+Without ``--data`` it reads the story "The Verdict", which ships with tinygpt.
 The embedding weights are random (tinygpt's generator, seed 123), so their values differ from
 the book's, which seeds PyTorch; the shapes are the book's.
 """
@@ -23,15 +23,11 @@ import time
 import numpy
 
 import tinygpt
+from tinygpt.corpora import VERDICT, corpus_path
 from tinygpt.data import create_dataloader
-from tinygpt.download import fetch_data
 from tinygpt.nn import Embedding
 from tinygpt.tokenizer import BPETokenizer, gpt2_bpe_files, gpt2_encoding
 
-VERDICT_URL = (
-    "https://raw.githubusercontent.com/rasbt/LLMs-from-scratch/main/ch02/"
-    "01_main-chapter-code/the-verdict.txt"
-)
 SPLIT = r'([,.:;?_!"()\']|--|\s)'  # punctuation, double dashes and whitespace, kept as tokens
 
 
@@ -120,10 +116,11 @@ def embeddings(raw_text: str) -> None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", metavar="PATH",
-                        help="text file to use (default: download The Verdict)")
+    parser.add_argument("--data", metavar="PATH", default=str(corpus_path(VERDICT)),
+                        help="text file to use (default: The Verdict, bundled)")
     args = parser.parse_args(argv)
-    raw_text = fetch_data(VERDICT_URL, args.data).read_text(encoding="utf-8")
+    with open(args.data, encoding="utf-8") as file:
+        raw_text = file.read()
     print(f"{len(raw_text)} characters; it begins {raw_text[:60]!r}\n")
     simple_tokenizer(raw_text)
     bpe(raw_text)

@@ -245,3 +245,12 @@ def test_a_diverging_run_ends_with_one_clear_line(text_file, tmp_path, capsys):
     assert "Warning" not in err
     last = err.strip().splitlines()[-1]  # after the progress bar, nothing but the reason
     assert last.startswith("error: ") and ("inf or NaN" in last or "loss became" in last)
+
+
+def test_top_k_with_greedy_decoding_warns_that_it_does_nothing(tmp_path, capsys):
+    assert main(["generate", "hi", "--model", str(tmp_path / "nowhere"), "--top-k", "5"]) == 1
+    err = capsys.readouterr().err
+    assert "warning: --top-k has no effect with --temperature 0" in err
+    main(["generate", "hi", "--model", str(tmp_path / "nowhere"), "--top-k", "5",
+          "--temperature", "0.8"])
+    assert "warning" not in capsys.readouterr().err

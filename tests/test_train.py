@@ -241,3 +241,20 @@ def test_clip_grad_norm_refuses_a_negative_norm():
     with pytest.raises(ValueError, match="max_norm must be >= 0, got -1"):
         clip_grad_norm([p], -1.0)
     np.testing.assert_array_equal(p.grad, [6.0, 8.0])  # untouched
+
+
+def test_samples_during_training_are_drawn_as_nanogpt_draws_them():
+    from tinygpt.generation import generate
+    from tinygpt.tokenizer import CharTokenizer
+    from tinygpt.train import sample_text
+
+    tokenizer = CharTokenizer.from_text("".join(chr(0x41 + i) for i in range(50)))
+    model, ids = fresh_model(), tokenizer.encode("ABC")
+    tinygpt.manual_seed(7)
+    sampled = sample_text(model, tokenizer, "ABC", 30)
+    tinygpt.manual_seed(7)
+    expected = generate(model, [ids], 30, context_size=16, temperature=0.8, top_k=50)
+    assert sampled == tokenizer.decode(np.asarray(expected[0]).tolist())  # 0.8, top-k 200 -> 50
+    greedy = sample_text(model, tokenizer, "ABC", 30, temperature=0.0)
+    assert greedy == tokenizer.decode(np.asarray(generate(model, [ids], 30)[0]).tolist())
+    assert sampled != greedy

@@ -8,7 +8,7 @@ One optimizer step:
 
 Every ``eval_every`` steps the mean loss over a fixed set of training and validation batches
 is recorded (with the number of tokens seen), and every ``sample_every`` steps a short
-greedy sample is printed. Checkpoints hold everything needed to continue exactly: weights,
+sample is printed. Checkpoints hold everything needed to continue exactly: weights,
 optimizer moments, the random generator (dropout masks) and the step. Batches are a pure
 function of the step number, so a resumed run sees the same data as an uninterrupted one and
 reproduces its losses exactly.
@@ -55,6 +55,7 @@ class TrainConfig:
     sample_every: int = 0
     sample_prompt: str = "Every effort moves you"
     sample_tokens: int = 50
+    sample_temperature: float = 0.8  # nanoGPT's; 0 is greedy, as the book's samples
     checkpoint_every: int = 0
     seed: int = 123
 
@@ -64,7 +65,7 @@ class TrainConfig:
             if getattr(self, name) <= 0:
                 raise ValueError(f"TrainConfig.{name} must be positive, got {getattr(self, name)}")
         non_negative = ("initial_lr", "min_lr", "weight_decay", "sample_every", "sample_tokens",
-                        "checkpoint_every")
+                        "sample_temperature", "checkpoint_every")
         for name in non_negative:
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
@@ -215,7 +216,8 @@ def _loop(model, optimizer, batches, cfg, history, start, checkpoint, tokenizer,
                 _record_eval(model, batches, cfg, history, done, log, parallel)
             if (cfg.sample_every and tokenizer is not None and done % cfg.sample_every == 0
                     and parallel.is_main):
-                log(sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens))
+                log(sample_text(model, tokenizer, cfg.sample_prompt, cfg.sample_tokens,
+                                temperature=cfg.sample_temperature))
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.3f}")
             stopping = parallel.any(stop.signum is not None)  # a signal may reach some ranks only
@@ -354,9 +356,12 @@ def _progress_bar(start, total, enabled):
     return tqdm(total=total, initial=start, disable=not enabled, unit="step", leave=False)
 
 
-def sample_text(model, tokenizer, prompt, max_new_tokens=50) -> str:
-    """A greedy continuation of ``prompt`` (the book prints one after each epoch)."""
+def sample_text(model, tokenizer, prompt, max_new_tokens=50, temperature=0.8, top_k=200) -> str:
+    """A sampled continuation of ``prompt``, as nanoGPT prints during training (temperature
+    0.8 among the 200 most likely tokens; greedy decoding of a small model repeats itself,
+    "the the the"). ``temperature=0`` is greedy, as the book's ``generate_text_simple``."""
     ids = tokenizer.encode(prompt, allowed_special={ENDOFTEXT})
-    out = generate(model, [ids], max_new_tokens,
-                   context_size=model.cfg.context_length)
+    top_k = min(top_k, model.cfg.vocab_size) if temperature and top_k else None  # as nanoGPT
+    out = generate(model, [ids], max_new_tokens, context_size=model.cfg.context_length,
+                   temperature=temperature, top_k=top_k)
     return tokenizer.decode(backend.move(out[0], "numpy").tolist()).replace("\n", " ")

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from tinygpt import backend
-from tinygpt.cli.options import add_model_option, add_sampling_options, add_seed_option
+from tinygpt.cli.options import (
+    add_model_option,
+    add_sampling_options,
+    add_seed_option,
+    warn_about_unused_sampling,
+)
 from tinygpt.tokenizer import ENDOFTEXT
 
 
@@ -11,6 +16,7 @@ def cmd_generate(args):
     from tinygpt.checkpoints import load_model
     from tinygpt.generation import TextStreamer, stream
 
+    warn_about_unused_sampling(args)
     if args.seed is not None:
         backend.manual_seed(args.seed)
     model, tokenizer = load_model(args.model)

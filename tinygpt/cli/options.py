@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 
 from tinygpt import backend
 
@@ -81,6 +82,17 @@ def add_sampling_options(p, max_new_tokens=50, temperature=0.0):
     p.add_argument("--top-p", type=top_p_value, default=None,
                    help="sample only among the most likely tokens whose probabilities add up "
                         "to p (nucleus sampling)")
+
+
+def warn_about_unused_sampling(args, write=None) -> None:
+    """--top-k and --top-p choose among tokens to sample; with --temperature 0 (greedy) the
+    most likely token wins anyway, so say that they do nothing rather than ignore them."""
+    write = write or (lambda line: print(line, file=sys.stderr))
+    if args.temperature == 0:
+        for option, value in (("--top-k", args.top_k), ("--top-p", args.top_p)):
+            if value is not None:
+                write(f"warning: {option} has no effect with --temperature 0 (greedy "
+                      "decoding); give a temperature above 0, e.g. 0.8, to sample")
 
 
 def add_seed_option(p, default=None, what="random seed"):
