@@ -86,7 +86,7 @@ def main(argv=None):
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         max_new_tokens=args.max_new_tokens, num_test=args.num_test,
         eval_every=args.eval_every, eval_iters=args.eval_iters, seed=args.seed, judge=judge)
-    print(f"data: {data}\nmodel: {args.model}, lr {lr}, {args.epochs} epochs, "
+    print(f"data: {data}\nmodel: {args.model}, lr {lr}, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
           f"batch size {args.batch_size}\n" + "-" * 50)
     start = time.perf_counter()
     run_instruction_finetuning(cfg)

@@ -254,3 +254,55 @@ def test_top_k_with_greedy_decoding_warns_that_it_does_nothing(tmp_path, capsys)
     main(["generate", "hi", "--model", str(tmp_path / "nowhere"), "--top-k", "5",
           "--temperature", "0.8"])
     assert "warning" not in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- memory, info
+
+def test_info_lists_the_presets_it_accepts(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for name in ("baby", "gpt2-124M", "gpt2-355M", "gpt2-774M", "gpt2-1558M", "gpt2-medium"):
+        assert name in out
+    assert "163,009,536" in out and "406,212,608" in out  # the book's 124M and 355M counts
+
+
+def test_info_estimates_the_memory_that_killed_a_default_gpt2_run(capsys):
+    # issue 15: `tinygpt train --config gpt2-124M` with batches of 12 x 1024 was killed by the
+    # kernel at 24 GB; the estimate must say so before anything is allocated.
+    assert main(["info", "gpt2-124M"]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if l.startswith("training:")][0]
+    assert float(line.split("about ")[1].split(" GiB")[0]) * 2**30 > 24e9
+
+
+def test_train_splits_a_batch_that_does_not_fit_into_micro_batches(text_file, tmp_path,
+                                                                    monkeypatch, capsys):
+    from tinygpt import memory
+    from tinygpt.config import GPTConfig
+
+    cfg = GPTConfig.preset("baby", vocab_size=len(set(TEXT)), context_length=16)
+    one = memory.estimate_step_memory(cfg, 1).total
+    monkeypatch.setattr(memory, "available_memory", lambda: int(one / 0.8) + 1)
+    out = tmp_path / "run"
+    assert run_train(text_file, out, "--batch-size", "4") == 0
+    assert "split into micro-batches of 1 (gradient accumulation 4" in capsys.readouterr().out
+    saved = load_checkpoint(out / CHECKPOINT_NAME)["train_config"]
+    assert (saved["batch_size"], saved["grad_accum"]) == (1, 4)  # the same 4 sequences a step
+
+    monkeypatch.setattr(memory, "available_memory", lambda: one // 2)
+    assert run_train(text_file, tmp_path / "other") == 1
+    err = capsys.readouterr().err
+    assert "needs about" in err and "even one sequence at a time" in err
+    assert "--context-length" in err and "--config" in err
+    assert not (tmp_path / "other").exists()  # refused before anything was written
+
+
+def test_version_is_the_packages(capsys):
+    import importlib.metadata
+
+    import tinygpt
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"tinygpt {tinygpt.__version__}"
+    assert tinygpt.__version__ == importlib.metadata.version("tinygpt")  # pyproject's

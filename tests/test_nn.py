@@ -311,3 +311,13 @@ def test_backward_frees_activations_as_it_goes_and_a_second_backward_is_an_error
     first = model.out_head.weight.grad.copy()
     logits.sum().backward()  # the graph was kept: gradients accumulate
     numpy.testing.assert_allclose(model.out_head.weight.grad, 2 * first, rtol=1e-6)
+
+
+@pytest.mark.parametrize("tied, qkv_bias", [(False, False), (True, False), (False, True)])
+def test_parameter_count_without_a_model_equals_the_models(tied, qkv_bias):
+    from tinygpt.memory import parameter_count
+
+    cfg = tinygpt.GPTConfig(vocab_size=97, context_length=16, emb_dim=24, n_heads=3, n_layers=2,
+                            qkv_bias=qkv_bias, tie_embeddings=tied)
+    assert parameter_count(cfg) == GPTModel(cfg).num_parameters()
+    assert parameter_count(tinygpt.GPTConfig.preset("gpt2-124M")) == 163_009_536  # the book's

@@ -13,6 +13,8 @@ who only wants ``Tensor`` does not load safetensors, tiktoken or the hub client.
 
 import importlib
 
+__version__ = "0.1.0"  # the one place the version is written; pyproject.toml reads it here
+
 from tinygpt import backend, nn
 from tinygpt.config import GPTConfig
 from tinygpt.function import Function

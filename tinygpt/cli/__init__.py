@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tinygpt import __version__
 from tinygpt.cli import attention, finetune, generate, info, train
 from tinygpt.cli.options import HelpFormatter, add_threads_option, apply_threads_option
 
@@ -25,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tinygpt", formatter_class=HelpFormatter,
         description="A GPT-2 built from NumPy up: generate, train, fine-tune.")
+    parser.add_argument("--version", action="version", version=f"tinygpt {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     generate.add_parser(sub, HelpFormatter)
     train.add_parser(sub, HelpFormatter)

@@ -4,23 +4,25 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tinygpt.cli.options import MODEL_HELP
+from tinygpt.cli.options import MODEL_HELP, positive_int
 
 
 def cmd_info(args):
     from tinygpt.checkpoints import load_model
     from tinygpt.config import ALIASES, PRESETS, GPTConfig
+    from tinygpt.memory import parameter_count
 
+    if args.model is None:
+        _list_presets(PRESETS, ALIASES)
+        return
     if args.model in PRESETS or args.model in ALIASES:
         cfg = GPTConfig.preset(args.model)
-        counts = _preset_counts(cfg)
-        source = "preset (not loaded)"
+        total, tied, source = parameter_count(cfg), cfg.tie_embeddings, "preset (not loaded)"
     else:
         model, _ = load_model(args.model)
         cfg, source = model.cfg, f"loaded from {args.model}"
-        counts = (model.num_parameters(), model.weights_tied)
+        total, tied = model.num_parameters(), model.weights_tied
         del model
-    total, tied = counts
     head = cfg.vocab_size * cfg.emb_dim
     print(f"model:            {args.model} ({source})")
     print(f"layers / heads:   {cfg.n_layers} / {cfg.n_heads}, emb_dim {cfg.emb_dim}, "
@@ -29,17 +31,31 @@ def cmd_info(args):
                                            else f" ({total - head:,} if the head were tied)"))
     for name, size in (("float32", 4), ("float16", 2)):
         print(f"memory {name}:   {total * size / 2**20:,.1f} MiB for the weights")
-    print(f"AdamW training:   about {total * 16 / 2**20:,.0f} MiB (weights, grads, 2 moments,"
-          " float32) plus activations")
+    _print_training_memory(cfg, args.batch_size)
 
 
-def _preset_counts(cfg):
-    """Parameter count of a config without allocating it."""
-    C, V, L = cfg.emb_dim, cfg.vocab_size, cfg.n_layers
-    qkv = 3 * C * C + (3 * C if cfg.qkv_bias else 0)
-    block = qkv + (C * C + C) + (C * 4 * C + 4 * C) + (4 * C * C + C) + 4 * C
-    total = V * C + cfg.context_length * C + L * block + 2 * C
-    return (total if cfg.tie_embeddings else total + V * C), cfg.tie_embeddings
+def _print_training_memory(cfg, batch_size):
+    """The estimate `tinygpt train` makes before it starts, for this model."""
+    from tinygpt.memory import GiB, available_memory, estimate_step_memory
+
+    estimate = estimate_step_memory(cfg, batch_size)
+    available = available_memory()
+    print(f"training:         about {estimate.total / GiB:,.2f} GiB per step with batches of "
+          f"{batch_size} x {cfg.context_length} tokens "
+          f"({estimate.weights_and_optimizer / GiB:,.2f} GiB weights, gradients and AdamW "
+          f"moments in float32; {estimate.activations / GiB:,.2f} GiB activations)"
+          + (f"; {available / GiB:,.1f} GiB available here" if available else ""))
+
+
+def _list_presets(presets, aliases):
+    from tinygpt.memory import parameter_count
+
+    print("config presets (tinygpt info NAME, tinygpt train --config NAME):")
+    for name, cfg in presets.items():
+        also = [a for a, target in aliases.items() if target == name]
+        print(f"  {name:11} {cfg.n_layers:2} layers, {cfg.n_heads:2} heads, {cfg.emb_dim:4} dims, "
+              f"context {cfg.context_length:4}, {parameter_count(cfg):>13,} parameters"
+              + (f"  (also: {', '.join(also)})" if also else ""))
 
 
 def cmd_prepare(args):
@@ -52,8 +68,13 @@ def cmd_prepare(args):
 
 def add_parsers(sub, formatter):
     p = sub.add_parser("info", help="parameters and memory of a model", formatter_class=formatter,
-                       description="Print a model's size: layers, parameters, memory.")
-    p.add_argument("model", help=MODEL_HELP + ", or a config preset (baby, gpt2-124M, ...)")
+                       description="Print a model's size: layers, parameters, memory, and "
+                                   "the memory a training step needs. Without MODEL, list "
+                                   "the config presets.")
+    p.add_argument("model", nargs="?", default=None,
+                   help=MODEL_HELP + ", or a config preset (`tinygpt info` lists them)")
+    p.add_argument("--batch-size", type=positive_int, default=12,
+                   help="sequences per step, for the training-memory estimate")
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("prepare", help="tokenize a text file once into a uint16 token file",

@@ -35,11 +35,12 @@ def cmd_train(args):
     if args.dropout is not None:
         overrides["drop_rate"] = args.dropout
     model_cfg = GPTConfig.preset(args.config, **overrides)
+    micro_batch, grad_accum = _fit_in_memory(model_cfg, args)
     split = int(len(tokens) * (1 - args.val_fraction))
-    batches = RandomWindows(tokens[:split], tokens[split:], args.batch_size,
+    batches = RandomWindows(tokens[:split], tokens[split:], micro_batch,
                             model_cfg.context_length, seed=args.seed)
     cfg = TrainConfig(
-        max_steps=args.max_steps, batch_size=args.batch_size, grad_accum=args.grad_accum,
+        max_steps=args.max_steps, batch_size=micro_batch, grad_accum=grad_accum,
         peak_lr=args.lr, initial_lr=args.lr * 0.01 if warmup else args.lr,
         min_lr=args.min_lr, warmup_steps=warmup, weight_decay=args.weight_decay,
         grad_clip=args.grad_clip or None, eval_every=args.eval_every,
@@ -59,6 +60,24 @@ def cmd_train(args):
         print(f"loss plot: {plot_losses(history, out / 'losses.png')}")
         print(f"final: train loss {history.train_loss[-1]:.4f}, "
               f"val loss {history.val_loss[-1]:.4f}")
+
+
+def _fit_in_memory(model_cfg, args) -> tuple[int, int]:
+    """(micro-batch, gradient accumulation) whose step fits in the memory available, keeping
+    the global batch of --batch-size x --grad-accum sequences; says what it estimates."""
+    from tinygpt.memory import GiB, available_memory, plan_micro_batches
+
+    available = available_memory()
+    micro, accum, estimate = plan_micro_batches(model_cfg, args.batch_size, args.grad_accum,
+                                                available)
+    where = f" of {available / GiB:.1f} GiB available" if available else ""
+    print(f"memory: about {estimate.total / GiB:.2f} GiB per step{where} "
+          f"({estimate.weights_and_optimizer / GiB:.2f} GiB weights, gradients and AdamW "
+          f"moments; {estimate.activations / GiB:.2f} GiB activations of {micro} sequences)")
+    if micro < args.batch_size:
+        print(f"memory: each batch of {args.batch_size} sequences is split into micro-batches "
+              f"of {micro} (gradient accumulation {accum}, the same global batch) to fit")
+    return micro, accum
 
 
 def _warmup_steps(args) -> int:
