@@ -8,10 +8,12 @@ import pytest
 import torch
 from hypothesis import given
 from hypothesis import strategies as st
+from test_backend import FakeArray, fake_cupy  # noqa: F401 - fake_cupy: the fixture
 
 import tinygpt
 import tinygpt.testing as S
-from tinygpt import Function, GradcheckError, Tensor, gradcheck
+from tinygpt import Function, GradcheckError, Tensor, gradcheck, viz
+from tinygpt.profiler import profile
 
 
 def sigmoid(x):
@@ -227,3 +229,42 @@ def test_no_graph_under_no_grad():
     with tinygpt.no_grad():
         y = Scale.apply(x, factor=2.0)
     assert not y.requires_grad and y._backward is None
+
+
+class DeviceGate(Function):
+    """Gate written for any backend: arrays come from backend.xp() (NumPy or CuPy)."""
+
+    @staticmethod
+    def forward(ctx, a, b):
+        s = 1.0 / (1.0 + tinygpt.backend.xp().exp(-b))
+        ctx.save_for_backward(a, s)
+        return a * s
+
+    @staticmethod
+    def backward(ctx, grad):
+        a, s = ctx.saved_tensors
+        return grad * s, grad * a * s * (1.0 - s)
+
+
+@pytest.mark.usefixtures("fake_cupy")
+def test_a_function_runs_on_the_cupy_backend():
+    """On the strict fake CuPy (tests/test_backend.py) the op's arrays, its output and the
+    gradients (summed over the broadcast dimension by apply) stay on the device, and equal
+    the NumPy run; the profiler and the graph drawing work on both."""
+    a, b = np.random.default_rng(1).standard_normal((2, 3, 4))
+    results = {}
+    for name in ("numpy", "cupy"):
+        tinygpt.backend.set_backend(name)
+        ta = tinygpt.tensor(a, dtype="float64", requires_grad=True)
+        tb = tinygpt.tensor(b[:1], dtype="float64", requires_grad=True)  # (1, 4): broadcast
+        with profile() as prof:
+            out = DeviceGate.apply(ta, tb)
+            (out * out).sum().backward(retain_graph=True)
+        assert {row.op: row.forward_bytes for row in prof.rows()}["DeviceGate"] == 12 * 8
+        assert "DeviceGate\\n(3, 4)" in viz.to_dot(out, grads=True)
+        results[name] = [tinygpt.backend.move(t, "numpy") for t in (out.data, ta.grad, tb.grad)]
+        if name == "cupy":
+            assert all(type(t) is FakeArray for t in (out.data, ta.grad, tb.grad))
+    assert results["cupy"][2].shape == (1, 4)
+    for ours, reference in zip(results["cupy"], results["numpy"]):
+        np.testing.assert_array_equal(ours, reference)
