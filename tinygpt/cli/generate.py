@@ -27,11 +27,17 @@ def cmd_generate(args):
     print(args.prompt, end="", flush=True)
     streamer = TextStreamer(tokenizer, write=lambda text: print(text, end="", flush=True))
     for token in stream(model, [ids], args.max_new_tokens, temperature=args.temperature,
-                        top_k=args.top_k, top_p=args.top_p, eos_id=eos,
+                        top_k=_top_k(args.top_k, model), top_p=args.top_p, eos_id=eos,
                         use_cache=not args.no_cache):
         streamer.put(int(token[0]))
     streamer.end()
     print()
+
+
+def _top_k(top_k, model):
+    """--top-k, at most the vocabulary: k at least the vocabulary size means every token (as
+    nanoGPT clips it), so `--top-k 200` works for a 65-character model too."""
+    return None if top_k is None else min(top_k, model.cfg.vocab_size)
 
 
 def add_parser(sub, formatter):
