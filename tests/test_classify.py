@@ -280,6 +280,8 @@ def test_finetune_classifier_accepts_scratch_like_the_other_commands(tmp_path, c
     assert "Test accuracy:" in capsys.readouterr().out
     classifier = load_classifier(tmp_path / "out")
     assert classifier.model.cfg.n_layers == 2 and classifier.model.cfg.emb_dim == 128
+    assert main(["chat", "--model", str(tmp_path / "out")]) == 1  # not a language model
+    assert "holds a classifier (classifier.json)" in capsys.readouterr().err
 
 
 def test_download_sms_spam_extracts_the_cached_zip(tmp_path):

@@ -3,9 +3,12 @@ command (GPT-2 names, model folders and files, or ``scratch``)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.finetune.alpaca import END_OF_TEXT_ID
+from tinygpt.finetune.rundir import CLASSIFIER_FILE
 from tinygpt.nn.gpt import GPTModel
 
 SCRATCH = "scratch"
@@ -31,6 +34,10 @@ def load_base_model(name_or_path, seed=123, scratch_config: GPTConfig = SCRATCH_
         return GPTModel(scratch_config), gpt2_encoding()
     from tinygpt.checkpoints import load_model
 
+    if (Path(str(name_or_path)) / CLASSIFIER_FILE).is_file():
+        raise ValueError(f"--model {name_or_path} holds a classifier ({CLASSIFIER_FILE}), not a "
+                         f"language model; label texts with `tinygpt classify --model "
+                         f"{name_or_path} TEXT`")
     return load_model(name_or_path)
 
 
