@@ -8,7 +8,7 @@ from pathlib import Path
 from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.finetune.alpaca import END_OF_TEXT_ID
-from tinygpt.finetune.rundir import CLASSIFIER_FILE
+from tinygpt.finetune.outputs import CLASSIFIER_FILE
 from tinygpt.nn.gpt import GPTModel
 
 SCRATCH = "scratch"

@@ -12,7 +12,7 @@ from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.finetune.classify.model import Classifier, new_classifier
-from tinygpt.finetune.rundir import CLASSIFIER_FILE
+from tinygpt.finetune.outputs import CLASSIFIER_FILE
 from tinygpt.nn.gpt import GPTModel
 from tinygpt.nn.lora import apply_lora
 

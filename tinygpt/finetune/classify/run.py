@@ -19,7 +19,7 @@ from tinygpt.finetune.classify.data import (
 )
 from tinygpt.finetune.classify.model import Classifier, new_classifier, set_trainable
 from tinygpt.finetune.classify.training import calc_accuracy_loader, train_classifier_simple
-from tinygpt.finetune.rundir import require_empty_of_models
+from tinygpt.finetune.outputs import require_empty_of_models
 from tinygpt.nn.gpt import GPTModel
 from tinygpt.nn.lora import apply_lora, lora_parameter_report
 from tinygpt.optim import AdamW, param_groups_for_weight_decay

@@ -14,7 +14,7 @@ from tinygpt.finetune.dpo.loss import make_reference
 from tinygpt.finetune.dpo.training import DPOConfig, train_dpo
 from tinygpt.finetune.instruct.responses import generate_responses
 from tinygpt.finetune.instruct.run import save_model
-from tinygpt.finetune.rundir import require_empty_of_models
+from tinygpt.finetune.outputs import require_empty_of_models
 
 HISTORY_FILE = "dpo-history.json"
 

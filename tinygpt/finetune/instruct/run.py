@@ -20,7 +20,7 @@ from tinygpt.finetune.base import check_vocabulary, load_base_model
 from tinygpt.finetune.instruct.data import encode_entries
 from tinygpt.finetune.instruct.responses import generate_responses
 from tinygpt.finetune.instruct.training import epoch_summary, finetune
-from tinygpt.finetune.rundir import (
+from tinygpt.finetune.outputs import (
     LORA_DIR,
     plain_settings,
     record_settings,
