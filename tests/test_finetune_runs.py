@@ -35,19 +35,23 @@ def write_entries(path, n=20):
     return str(path)
 
 
-def interrupt_after(monkeypatch, steps):
-    """Send this process SIGINT (Ctrl-C) once the training loop has done ``steps`` steps."""
-    import tinygpt.train as train_module
+def interrupt_after(monkeypatch, steps, signum=signal.SIGINT, module="tinygpt.train",
+                    step_function="_train_step"):
+    """Send this process ``signum`` (SIGINT: Ctrl-C) once a training loop has done ``steps``
+    steps: ``tinygpt.train``'s by default, or the one whose step is ``module.step_function``
+    (the step number being its fourth argument in both)."""
+    import importlib
 
-    original = train_module._train_step
+    owner = importlib.import_module(module)
+    original = getattr(owner, step_function)
 
-    def step_then_interrupt(model, optimizer, batches, step, *rest):
-        loss = original(model, optimizer, batches, step, *rest)
-        if step + 1 == steps:
-            os.kill(os.getpid(), signal.SIGINT)
-        return loss
+    def step_then_interrupt(*args):
+        result = original(*args)
+        if args[3] + 1 == steps:
+            os.kill(os.getpid(), signum)
+        return result
 
-    monkeypatch.setattr(train_module, "_train_step", step_then_interrupt)
+    monkeypatch.setattr(owner, step_function, step_then_interrupt)
 
 
 def instruct_command(data, base, out, *extra):
@@ -78,10 +82,10 @@ def test_interrupted_finetune_instruct_resumes_to_the_uninterrupted_result(
     with monkeypatch.context() as patch:
         interrupt_after(patch, 2)
         assert main(instruct_command(data, base, resumed, *extra)) == 130
-    captured = capsys.readouterr()
-    printed = captured.out + captured.err
-    assert "interrupted by SIGINT at step 2" in printed and "run the same command again" in printed
-    assert "training completed" not in printed
+    printed = capsys.readouterr()
+    assert "interrupted by SIGINT at step 2" in printed.err
+    assert "run the same command again to resume" in printed.err
+    assert "training completed" not in printed.out
     assert not (resumed / RESPONSES_FILE).exists()  # nothing after training ran
     assert not (resumed / "model.safetensors").exists()
     assert (resumed / ("lora-checkpoint" if lora else "") / "checkpoint.safetensors").is_file()
@@ -120,8 +124,10 @@ def test_a_changed_lr_is_refused_when_resuming_an_interrupted_run(tmp_path, monk
     data = write_entries(tmp_path / "data.json")
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
-        interrupt_after(patch, 1)
-        assert main(instruct_command(data, base, out)) == 130
+        interrupt_after(patch, 1, signal.SIGTERM)  # what kill, schedulers and containers send
+        assert main(instruct_command(data, base, out)) == 143
+    assert "interrupted by SIGTERM at step 1" in capsys.readouterr().err
+    assert not (out / RESPONSES_FILE).exists()
     assert main(instruct_command(data, base, out) + ["--lr", "1e-3"]) == 1
     assert "--lr 0.001 (the run used 0.01)" in capsys.readouterr().err
 
@@ -151,3 +157,49 @@ def test_one_model_per_directory(tmp_path, capsys):
     (inst / "model.safetensors").write_bytes((tmp_path / "dpo" / "model.safetensors").read_bytes())
     assert main(["generate", "hi", "--model", str(inst), "--max-new-tokens", "1"]) == 1
     assert "holds both a training checkpoint" in capsys.readouterr().err
+
+
+def test_interrupted_finetune_dpo_saves_the_model_trained_so_far(tmp_path, monkeypatch, capsys):
+    base = save_base(tmp_path / "base")
+    out = tmp_path / "dpo"
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1, module="tinygpt.finetune.dpo.training",
+                        step_function="_dpo_step")
+        assert main(["finetune-dpo", "--data", write_preferences(tmp_path / "prefs.json"),
+                     "--model", base, "--out", str(out), "--batch-size", "4", "--lr", "1e-2",
+                     "--eval-every", "1", "--eval-iters", "1"]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted by SIGINT at step 1 of 4" in err
+    assert f"the model trained so far is saved in {out}" in err
+    history = json.loads((out / "dpo-history.json").read_text())
+    assert history["interrupted"] and history["steps"] == [1]
+    tuned = tinygpt.load_gpt2(out).state_dict()
+    original = tinygpt.load_gpt2(base).state_dict()
+    assert not numpy.array_equal(tuned["trf_blocks.0.att.W_query.weight"],
+                                 original["trf_blocks.0.att.W_query.weight"])  # one step taken
+
+
+@pytest.mark.parametrize("command", ["finetune-instruct", "finetune-dpo",
+                                     "finetune-classifier"])
+def test_a_second_writer_into_the_same_out_is_refused(tmp_path, capsys, command):
+    import socket
+    import subprocess
+    import sys
+
+    from tinygpt.rundir import LOCK_NAME
+
+    out = tmp_path / "out"
+    out.mkdir()
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / LOCK_NAME).write_text(f"{holder.pid}\n{socket.gethostname()}\n")
+        data = {"finetune-instruct": write_entries(tmp_path / "data.json"),
+                "finetune-dpo": write_preferences(tmp_path / "prefs.json"),
+                "finetune-classifier": str(tmp_path / "sms.tsv")}[command]
+        (tmp_path / "sms.tsv").write_text("ham\thi\nspam\twin\n")
+        assert main([command, "--data", data, "--model", "scratch", "--out", str(out)]) == 1
+    finally:
+        holder.kill()
+        holder.wait()
+    assert f"is in use by process {holder.pid}" in capsys.readouterr().err
+    assert os.listdir(out) == [LOCK_NAME]  # nothing written

@@ -24,6 +24,7 @@ from tinygpt.nn.gpt import GPTModel
 from tinygpt.nn.lora import apply_lora, lora_parameter_report
 from tinygpt.optim import AdamW, param_groups_for_weight_decay
 from tinygpt.plots import plot_classifier_history
+from tinygpt.rundir import locked
 
 PLOT_NAME = "accuracy-loss.png"
 
@@ -145,13 +146,14 @@ def run_classifier_finetuning(data: Path, model: str, out: Path, cfg: Classifier
     """``tinygpt finetune-classifier``: the SMS Spam Collection at ``data``, the base
     ``model`` (any fine-tuning ``--model`` name, ``scratch`` included), results in ``out``."""
     data = Path(data)
-    require_empty_of_models(out, "finetune-classifier")
     if not data.is_file():
         raise FileNotFoundError(f"--data {data}: no such file")
-    train_examples, val_examples, test_examples = sms_spam_splits(data, seed=cfg.seed)
-    gpt, tokenizer = load_base_model(model, seed=cfg.seed)
-    classifier, results = finetune_classifier(gpt, train_examples, val_examples,
-                                              test_examples, cfg, out_dir=out,
-                                              tokenizer=tokenizer, log=log)
+    with locked(out):  # one writer at a time in --out
+        require_empty_of_models(out, "finetune-classifier")
+        train_examples, val_examples, test_examples = sms_spam_splits(data, seed=cfg.seed)
+        gpt, tokenizer = load_base_model(model, seed=cfg.seed)
+        classifier, results = finetune_classifier(gpt, train_examples, val_examples,
+                                                  test_examples, cfg, out_dir=out,
+                                                  tokenizer=tokenizer, log=log)
     log(f"saved the classifier to {out} ({results['seconds']:.0f} s); plot: {results['plot']}")
     return classifier, results

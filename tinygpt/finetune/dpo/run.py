@@ -15,6 +15,8 @@ from tinygpt.finetune.dpo.training import DPOConfig, train_dpo
 from tinygpt.finetune.instruct.responses import generate_responses
 from tinygpt.finetune.instruct.run import save_model
 from tinygpt.finetune.outputs import require_empty_of_models
+from tinygpt.rundir import locked
+from tinygpt.train import TrainingInterrupted
 
 HISTORY_FILE = "dpo-history.json"
 
@@ -36,9 +38,23 @@ class DPORunConfig:
             raise ValueError("num_test and max_new_tokens must be >= 0")
 
 
+def _save(policy, tokenizer, train_cfg, history, out, log, interrupted=False):
+    """The tuned model (Hugging Face layout) and its history, beside each other in ``out``."""
+    save_model(policy, out, tokenizer)
+    log(f"model: {out}")
+    history_path = save_json({"config": asdict(train_cfg), "interrupted": interrupted,
+                              **asdict(history)}, out / HISTORY_FILE)
+    log(f"history: {history_path}")
+
+
 def run_dpo(cfg: DPORunConfig, log=print):
-    """Preference-tune ``cfg.model`` on ``cfg.data`` and write the result to ``cfg.out``.
-    Returns the history."""
+    """Preference-tune ``cfg.model`` on ``cfg.data`` and write the result to ``cfg.out``
+    (holding ``cfg.out``'s lock meanwhile). Returns the history."""
+    with locked(cfg.out):
+        return _run_dpo(cfg, log)
+
+
+def _run_dpo(cfg: DPORunConfig, log):
     require_empty_of_models(cfg.out, "finetune-dpo")
     entries = load_entries(cfg.data, PREFERENCE_KEYS, "preference data")
     split = split_data(entries)
@@ -53,14 +69,17 @@ def run_dpo(cfg: DPORunConfig, log=print):
         train_cfg = DPOConfig(**{**asdict(train_cfg),
                                  "allowed_max_length": policy.cfg.context_length})
     start = time.perf_counter()
-    history = train_dpo(policy, reference, encode_preference_entries(split.train, tokenizer),
-                        encode_preference_entries(split.val, tokenizer), train_cfg, log=log)
+    try:
+        history = train_dpo(policy, reference,
+                            encode_preference_entries(split.train, tokenizer),
+                            encode_preference_entries(split.val, tokenizer), train_cfg, log=log)
+    except TrainingInterrupted as interrupt:  # keep what was trained, then stop
+        _save(policy, tokenizer, train_cfg, interrupt.history, cfg.out, log, interrupted=True)
+        interrupt.args = (f"{interrupt}: the model trained so far is saved in {cfg.out} "
+                          "(DPO does not resume; start again with a new --out)",)
+        raise
     log(f"DPO training completed in {(time.perf_counter() - start) / 60:.2f} minutes")
-    save_model(policy, cfg.out, tokenizer)
-    log(f"model: {cfg.out}")
-    history_path = save_json({"config": asdict(train_cfg), **asdict(history)},
-                             cfg.out / HISTORY_FILE)
-    log(f"history: {history_path}")
+    _save(policy, tokenizer, train_cfg, history, cfg.out, log)
     if cfg.num_test:
         test = [{**e, "output": e.get("output", e["chosen"])} for e in split.test]
         responses = generate_responses(policy.eval(), tokenizer, test[:cfg.num_test],

@@ -4,6 +4,7 @@ of preference batches, evaluation of loss, reward margin and reward accuracy."""
 from __future__ import annotations
 
 import functools
+import signal
 from dataclasses import dataclass, field
 
 import numpy
@@ -14,7 +15,9 @@ from tinygpt.finetune.alpaca import END_OF_TEXT_ID
 from tinygpt.finetune.dpo.data import collate_preference
 from tinygpt.finetune.dpo.loss import batch_dpo_loss
 from tinygpt.nn import evaluating
+from tinygpt.optim import AdamW, clip_grad_norm, param_groups_for_weight_decay
 from tinygpt.tensor import no_grad
+from tinygpt.train import StopOnSignal, TrainingInterrupted
 
 
 @dataclass
@@ -84,45 +87,60 @@ def evaluate_dpo(policy, reference, batches, beta, average=True) -> dict:
             "reward_accuracy": float(accuracy)}
 
 
+def _dpo_step(policy, reference, batch, optimizer, params, cfg, step) -> float:
+    """One AdamW step on the DPO loss of ``batch``; returns the loss."""
+    loss, _, _, _ = batch_dpo_loss(policy, reference, batch, cfg.beta, cfg.average_logprobs)
+    value = loss.item()
+    if not numpy.isfinite(value):
+        raise RuntimeError(f"the DPO loss became {value} at step {step + 1}; try a lower "
+                           "learning rate")
+    loss.backward()
+    if cfg.grad_clip:
+        clip_grad_norm(params, cfg.grad_clip)
+    optimizer.step()
+    optimizer.zero_grad()
+    return value
+
+
 def train_dpo(policy, reference, train_items, val_items, cfg: DPOConfig | None = None,
               log=print, progress=True) -> DPOHistory:
     """Preference-tune ``policy`` against the frozen ``reference`` (the book's
-    train_model_dpo_simple): AdamW on the policy's trainable parameters, one DPO step per
-    batch, and every ``eval_every`` steps the loss, reward margin and reward accuracy on the
-    first ``eval_iters`` training and validation batches."""
-    from tqdm.auto import tqdm
+    train_model_dpo_simple): AdamW on the policy's trainable parameters (weight decay on the
+    matrices only, as everywhere in tinygpt; the book decays every parameter), one DPO step
+    per batch, and every ``eval_every`` steps the loss, reward margin and reward accuracy on
+    the first ``eval_iters`` training and validation batches.
 
-    from tinygpt.optim import AdamW, clip_grad_norm
+    On SIGINT or SIGTERM the step in progress finishes and ``TrainingInterrupted`` (with the
+    history so far) is raised; the caller saves what was trained."""
+    from tqdm.auto import tqdm
 
     cfg = cfg or DPOConfig()
     batches = preference_batches(train_items, val_items, cfg)
     total = cfg.epochs * batches.batches_per_epoch
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    params = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    groups = param_groups_for_weight_decay(policy.named_parameters(), cfg.weight_decay)
+    params = [p for group in groups for p in group["params"]]
+    optimizer = AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
     history = DPOHistory()
     backend.manual_seed(cfg.seed)
     policy.train()
     bar = tqdm(total=total, disable=not progress, unit="step", leave=False)
-    for step in range(total):
-        loss, _, _, _ = batch_dpo_loss(policy, reference, batches.train_batch(step), cfg.beta,
-                                       cfg.average_logprobs)
-        value = loss.item()
-        if not numpy.isfinite(value):
-            raise RuntimeError(f"the DPO loss became {value} at step {step + 1}; try a lower "
-                               "learning rate")
-        loss.backward()
-        if cfg.grad_clip:
-            clip_grad_norm(params, cfg.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad()
-        history.step_loss.append(value)
-        done = step + 1
-        if done % cfg.eval_every == 0 or done == total:
-            _record(policy, reference, batches, cfg, history, done, log)
-        bar.update(1)
-        bar.set_postfix(loss=f"{value:.3f}")
+    with StopOnSignal() as stop:
+        for step in range(total):
+            value = _dpo_step(policy, reference, batches.train_batch(step), optimizer, params,
+                              cfg, step)
+            history.step_loss.append(value)
+            done = step + 1
+            if done % cfg.eval_every == 0 or done == total:
+                _record(policy, reference, batches, cfg, history, done, log)
+            bar.update(1)
+            bar.set_postfix(loss=f"{value:.3f}")
+            if stop.signum is not None and done < total:
+                bar.close()
+                name = signal.Signals(stop.signum).name
+                raise TrainingInterrupted(f"interrupted by {name} at step {done} of {total}",
+                                          stop.signum, history)
     bar.close()
     return history
 

@@ -28,6 +28,7 @@ from tinygpt.finetune.outputs import (
     settings_changes,
 )
 from tinygpt.nn.lora import apply_lora, merge_lora
+from tinygpt.rundir import locked
 
 # Settings that only shape what happens after training: a resumed run may change them.
 AFTER_TRAINING = ("max_new_tokens", "num_test", "judge")
@@ -162,13 +163,8 @@ def _train_dir(cfg: InstructConfig) -> Path:
     return cfg.out / LORA_DIR if cfg.lora_rank else cfg.out
 
 
-def run_instruction_finetuning(cfg: InstructConfig, log=print):
-    """The whole chapter-7 flow for ``tinygpt finetune-instruct`` and the example script.
-    Returns (history, responses).
-
-    Interrupted (Ctrl-C or SIGTERM), the training loop saves the checkpoint and raises
-    ``tinygpt.train.TrainingInterrupted`` (a KeyboardInterrupt) whose message says how to
-    resume: nothing after training (saving the merged model, test responses, judge) runs."""
+def _read_split(cfg: InstructConfig, log):
+    """The data set, split 85/10/5 as in the book."""
     entries = load_entries(cfg.data)
     split = split_data(entries)
     log(f"data: {len(entries)} entries -> {len(split.train)} train, {len(split.val)} "
@@ -176,8 +172,11 @@ def run_instruction_finetuning(cfg: InstructConfig, log=print):
     if not split.val:
         raise ValueError(f"{cfg.data} has too few entries ({len(entries)}) for a validation "
                          "split; the book's 85/10/5 split needs at least 10")
-    steps = cfg.epochs * (len(split.train) // cfg.batch_size)
-    _check_out(cfg, steps, log)
+    return split
+
+
+def _starting_model(cfg: InstructConfig, log):
+    """(model, tokenizer): the base model, with LoRA layers when asked for."""
     model, tokenizer = load_base_model(cfg.model, seed=cfg.seed)
     check_vocabulary(model, "instruction fine-tuning")
     if cfg.lora_rank:
@@ -186,22 +185,42 @@ def run_instruction_finetuning(cfg: InstructConfig, log=print):
     trainable = model.num_parameters(trainable_only=True)
     log(f"model: {cfg.model}, {model.num_parameters():,} parameters ({trainable:,} "
         f"trainable){', LoRA rank %d' % cfg.lora_rank if cfg.lora_rank else ''}")
-    train_items = encode_entries(split.train, tokenizer, mask_prompt=cfg.mask_prompt)
-    val_items = encode_entries(split.val, tokenizer, mask_prompt=cfg.mask_prompt)
-    start = time.perf_counter()
-    history, batches = finetune(
-        model, train_items, val_items, epochs=cfg.epochs, batch_size=cfg.batch_size,
-        lr=cfg.lr, weight_decay=cfg.weight_decay, allowed_max_length=cfg.allowed_max_length,
-        mask_prompt=cfg.mask_prompt, seed=cfg.seed, eval_every=cfg.eval_every,
-        eval_iters=cfg.eval_iters, out_dir=_train_dir(cfg), log=log)
-    log(f"training completed in {(time.perf_counter() - start) / 60:.2f} minutes")
-    _log_epochs(history, batches, log)
-    _save_trained(model, tokenizer, cfg, history, log)
-    responses = _test_responses(model, tokenizer, split.test, cfg, log)
-    if cfg.judge is not None:
-        from tinygpt.finetune.judge import score_responses
+    return model, tokenizer
 
-        result = score_responses(responses, model=cfg.judge.model, url=cfg.judge.url,
-                                 api=cfg.judge.api)
-        log(result.summary())
-    return history, responses
+
+def _judge(responses, cfg: InstructConfig, log) -> None:
+    from tinygpt.finetune.judge import score_responses
+
+    result = score_responses(responses, model=cfg.judge.model, url=cfg.judge.url,
+                             api=cfg.judge.api)
+    log(result.summary())
+
+
+def run_instruction_finetuning(cfg: InstructConfig, log=print):
+    """The whole chapter-7 flow for ``tinygpt finetune-instruct`` and the example script.
+    Returns (history, responses).
+
+    Interrupted (Ctrl-C or SIGTERM), the training loop saves its checkpoint and raises
+    ``tinygpt.train.TrainingInterrupted``, which ends the run: nothing after training
+    (the merged model, test responses, the judge) runs on a half-trained model."""
+    with locked(cfg.out):  # one writer at a time in --out
+        split = _read_split(cfg, log)
+        steps = cfg.epochs * (len(split.train) // cfg.batch_size)
+        _check_out(cfg, steps, log)
+        model, tokenizer = _starting_model(cfg, log)
+        train_items = encode_entries(split.train, tokenizer, mask_prompt=cfg.mask_prompt)
+        val_items = encode_entries(split.val, tokenizer, mask_prompt=cfg.mask_prompt)
+        start = time.perf_counter()
+        history, batches = finetune(
+            model, train_items, val_items, epochs=cfg.epochs, batch_size=cfg.batch_size,
+            lr=cfg.lr, weight_decay=cfg.weight_decay,
+            allowed_max_length=cfg.allowed_max_length, mask_prompt=cfg.mask_prompt,
+            seed=cfg.seed, eval_every=cfg.eval_every, eval_iters=cfg.eval_iters,
+            out_dir=_train_dir(cfg), log=log)
+        log(f"training completed in {(time.perf_counter() - start) / 60:.2f} minutes")
+        _log_epochs(history, batches, log)
+        _save_trained(model, tokenizer, cfg, history, log)
+        responses = _test_responses(model, tokenizer, split.test, cfg, log)
+        if cfg.judge is not None:
+            _judge(responses, cfg, log)
+        return history, responses
