@@ -36,10 +36,10 @@ def write_entries(path, n=20):
 
 
 def interrupt_after(monkeypatch, steps, signum=signal.SIGINT, module="tinygpt.train",
-                    step_function="_train_step"):
+                    step_function="_train_step", step_argument=3):
     """Send this process ``signum`` (SIGINT: Ctrl-C) once a training loop has done ``steps``
     steps: ``tinygpt.train``'s by default, or the one whose step is ``module.step_function``
-    (the step number being its fourth argument in both)."""
+    (taking the step number as positional argument ``step_argument``)."""
     import importlib
 
     owner = importlib.import_module(module)
@@ -47,7 +47,7 @@ def interrupt_after(monkeypatch, steps, signum=signal.SIGINT, module="tinygpt.tr
 
     def step_then_interrupt(*args):
         result = original(*args)
-        if args[3] + 1 == steps:
+        if args[step_argument] + 1 == steps:
             os.kill(os.getpid(), signum)
         return result
 
@@ -164,7 +164,7 @@ def test_interrupted_finetune_dpo_saves_the_model_trained_so_far(tmp_path, monke
     out = tmp_path / "dpo"
     with monkeypatch.context() as patch:
         interrupt_after(patch, 1, module="tinygpt.finetune.dpo.training",
-                        step_function="_dpo_step")
+                        step_function="_dpo_step", step_argument=6)
         assert main(["finetune-dpo", "--data", write_preferences(tmp_path / "prefs.json"),
                      "--model", base, "--out", str(out), "--batch-size", "4", "--lr", "1e-2",
                      "--eval-every", "1", "--eval-iters", "1"]) == 130
@@ -203,3 +203,17 @@ def test_a_second_writer_into_the_same_out_is_refused(tmp_path, capsys, command)
         holder.wait()
     assert f"is in use by process {holder.pid}" in capsys.readouterr().err
     assert os.listdir(out) == [LOCK_NAME]  # nothing written
+
+
+def test_finetune_dpo_defaults_visibly_move_the_loss_and_margin(tmp_path):
+    """With the book's lr 5e-6 a small model's DPO loss stays at log 2 = 0.6931 and the
+    reward margin at 0.0001 (issue 15): the defaults must show an effect within an epoch."""
+    out = tmp_path / "dpo"
+    assert main(["finetune-dpo", "--data", write_preferences(tmp_path / "prefs.json", n=40),
+                 "--model", save_base(tmp_path / "base"), "--out", str(out),
+                 "--batch-size", "4", "--eval-every", "8", "--eval-iters", "2"]) == 0
+    history = json.loads((out / "dpo-history.json").read_text())
+    assert history["steps"] == [8]  # one epoch of 34 training pairs in batches of 4
+    assert history["train_loss"][-1] < numpy.log(2) - 0.004
+    assert history["train_reward_margin"][-1] > 0.005
+    assert history["val_reward_margin"][-1] > 0.005
