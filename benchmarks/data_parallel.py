@@ -15,13 +15,16 @@ A step is what ``tinygpt.train`` does per step (forward, cross-entropy, backward
 clipping, AdamW) on random tokens, float32, the same global batch in every mode. Reported:
 tokens per second over ``--steps`` timed steps after ``--warmup`` untimed ones (median step
 time), the share of the step spent inside MPI calls (rank 0; it includes waiting for the
-slower rank), the optimizer's moments per rank, and each rank's peak resident memory.
+slower rank), the optimizer's moments per rank, each rank's peak resident memory, and the
+machine's 1-minute load average after each mode (on a shared machine, other work slows the
+modes unequally: threads that wait for each other suffer most).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -139,7 +142,9 @@ def run_mode(config, mode, steps, warmup):
         if processes == 1:  # no mpiexec: one plain process, with the same thread settings
             command = [sys.executable, *args]
         subprocess.run(command, env=env, check=True)
-        return json.loads(result.read_text())
+        figures = json.loads(result.read_text())
+    figures["load"] = os.getloadavg()[0]  # other work on the machine during the run
+    return figures
 
 
 def main():
@@ -155,9 +160,10 @@ def main():
         worker(args.worker, args.zero, args.steps, args.warmup, args.result)
         return
     configs = list(CONFIGS) if args.config == "all" else [args.config]
+    print(f"{os.cpu_count()} cores; load average (1 min) {os.getloadavg()[0]:.1f} at the start")
     print("| config | mode | tokens/s | ms/step | speed-up | in MPI calls | AdamW moments "
-          "per rank | peak RSS per rank |")
-    print("|---|---|---|---|---|---|---|---|")
+          "per rank | peak RSS per rank | load after |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for config in configs:
         fields, batch = CONFIGS[config]
         baseline = None
@@ -170,7 +176,7 @@ def main():
             print(f"| {name} | {mode} | {r['tokens_per_s']:,.0f} | {r['step_ms']:.1f} | "
                   f"{r['tokens_per_s'] / baseline:.2f}x | {r['comm_share']:.0%} | "
                   f"{r['moments_per_rank'] / 2**20:.1f} MiB | "
-                  f"{r['peak_rss_per_rank'] / 2**20:.0f} MiB |", flush=True)
+                  f"{r['peak_rss_per_rank'] / 2**20:.0f} MiB | {r['load']:.1f} |", flush=True)
 
 
 if __name__ == "__main__":
