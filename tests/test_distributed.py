@@ -9,7 +9,9 @@ tests/distributed_runs.py; they need `pip install -e ".[mpi]"` (part of ".[dev]"
 """
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -162,3 +164,73 @@ def test_nproc_without_mpi_says_what_to_install(monkeypatch):
 def test_mpiexec_is_installed():
     """CI installs the [mpi] extra with [dev]: the tests above must really run on 2 ranks."""
     assert shutil.which(distributed.check_mpi_installed())
+
+
+# ----------------------------------------------------------------------------- the command
+
+def train_command(text_file, out, *extra):
+    return ["train", "--data", str(text_file), "--config", "baby", "--context-length", "16",
+            "--batch-size", "4", "--eval-iters", "1", "--warmup-steps", "1", "--out", str(out),
+            *extra]
+
+
+@pytest.fixture(scope="module")
+def text_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("text") / "text.txt"
+    rng = np.random.default_rng(0)
+    path.write_text("".join(rng.choice(list("abcdefgh \n"), 20000)))
+    return path
+
+
+def test_train_command_on_two_processes_equals_one(text_file, tmp_path, capfd):
+    """`tinygpt train --nproc 2 --zero` relaunches itself under mpiexec and ends with the
+    checkpoint one process writes (float32, the Numba kernels, 4 steps)."""
+    from tinygpt.cli import main
+
+    steps = ["--max-steps", "4", "--eval-every", "2"]
+    assert main(train_command(text_file, tmp_path / "two", *steps, "--nproc", "2",
+                              "--zero")) == 0
+    out = capfd.readouterr().out
+    assert "starting 2 processes" in out
+    assert "training on 2 processes, AdamW moments sharded (ZeRO-1)" in out
+    assert out.count("final: train loss") == 1  # rank 0 alone prints
+    # one process, one thread (as each rank has): two threads spin-wait on a busy machine
+    one_thread = {name: "1" for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                                         "NUMBA_NUM_THREADS")}
+    subprocess.run([sys.executable, "-m", "tinygpt.cli",
+                    *train_command(text_file, tmp_path / "one", *steps)],
+                   env={**os.environ, **one_thread}, check=True, capture_output=True)
+    two = load_checkpoint(tmp_path / "two" / CHECKPOINT_NAME)
+    one = load_checkpoint(tmp_path / "one" / CHECKPOINT_NAME)
+    assert two["step"] == one["step"] == 4
+    for key, expected in one["model"].items():
+        scale = np.abs(expected).max()
+        np.testing.assert_allclose(two["model"][key], expected, rtol=0, atol=1e-4 * scale,
+                                   err_msg=key)
+    for index, state in one["optimizer"]["state"].items():
+        for name in ("exp_avg", "exp_avg_sq"):
+            scale = np.abs(state[name]).max()
+            np.testing.assert_allclose(two["optimizer"]["state"][index][name], state[name],
+                                       rtol=0, atol=1e-4 * scale, err_msg=f"{index} {name}")
+
+
+def test_ctrl_c_stops_every_process_and_saves(text_file, tmp_path):
+    """Ctrl-C in a terminal sends SIGINT to the whole foreground process group: mpiexec
+    forwards it, both ranks stop after the same step, rank 0 saves, nothing hangs."""
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "tinygpt.cli",
+               *train_command(text_file, out, "--max-steps", "5000", "--eval-every", "1000",
+                              "--checkpoint-every", "1", "--nproc", "2")]
+    process = subprocess.Popen(command, start_new_session=True, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    checkpoint = out / CHECKPOINT_NAME
+    deadline = time.monotonic() + 120
+    while not checkpoint.is_file() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=60)
+    assert process.returncode in (0, 130), stderr[-2000:]
+    assert "interrupted: saved step" in stdout
+    step = load_checkpoint(checkpoint)["step"]
+    assert 1 <= step < 5000
+    assert f"saved step {step} " in stdout

@@ -20,6 +20,21 @@ from tinygpt.tokenizer import ENDOFTEXT
 
 
 def cmd_train(args):
+    """Train here, or with ``--nproc N`` restart this command on N processes (mpiexec)."""
+    from tinygpt import distributed
+
+    if args.nproc and args.nproc > 1 and distributed.world_size_from_environment() == 1:
+        status = distributed.launch(args.nproc, args.argv)
+        if status != 0:
+            raise SystemExit(status)  # the processes have said why (an error, Ctrl-C)
+        return
+    comm = distributed.init(args.nproc)
+    with distributed.abort_on_error(comm):
+        _train(args, distributed.DataParallel(comm, shard_optimizer=args.zero))
+
+
+def _train(args, parallel):
+    """The training run of this process (one of several under MPI; rank 0 prints and plots)."""
     from tinygpt.config import GPTConfig
     from tinygpt.data import RandomWindows
     from tinygpt.nn.gpt import GPTModel
@@ -49,11 +64,17 @@ def cmd_train(args):
         seed=args.seed)
     backend.manual_seed(args.seed)
     model = GPTModel(model_cfg)
-    print(f"model: {args.config}, {model.num_parameters():,} parameters; "
-          f"{len(tokens):,} tokens of {args.data} ({split:,} train)")
+    if parallel.is_main and parallel.comm.size > 1:
+        sharded = ", AdamW moments sharded (ZeRO-1)" if args.zero else ""
+        print(f"training on {parallel.comm.size} processes{sharded}")
+    if parallel.is_main:
+        print(f"model: {args.config}, {model.num_parameters():,} parameters; "
+              f"{len(tokens):,} tokens of {args.data} ({split:,} train)")
     grad_log = GradNormLog() if args.plot_grads else None
     history = train(model, batches, cfg, out_dir=out, tokenizer=tokenizer,
-                    after_backward=grad_log.record if grad_log else None)
+                    after_backward=grad_log.record if grad_log else None, parallel=parallel)
+    if not parallel.is_main:
+        return  # rank 0 alone writes plots and prints
     if grad_log and grad_log.layers:
         print(f"gradient norms plot: {plot_grad_norms(grad_log, out / 'grad_norms.png')}")
     if history.steps:
@@ -168,4 +189,10 @@ def add_parser(sub, formatter):
                    help="also plot each layer's gradient norm at every step of this run "
                         "(before clipping) to grad_norms.png in --out")
     add_seed_option(p, default=1337)
+    p.add_argument("--nproc", type=positive_int, default=None,
+                   help="train on this many processes of this machine, each on its share of "
+                        "every --batch-size batch (MPI: pip install -e \".[mpi]\"); under "
+                        "mpiexec, leave it out")
+    p.add_argument("--zero", action="store_true",
+                   help="with several processes: split AdamW's moments among them (ZeRO-1)")
     p.set_defaults(func=cmd_train)
