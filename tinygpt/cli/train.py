@@ -28,8 +28,10 @@ def cmd_train(args):
         if status != 0:
             raise SystemExit(status)  # the processes have said why (an error, Ctrl-C)
         return
+    from tinygpt.train import TrainingInterrupted
+
     comm = distributed.init(args.nproc)
-    with distributed.abort_on_error(comm):
+    with distributed.abort_on_error(comm, agreed=(TrainingInterrupted,)):
         _train(args, distributed.DataParallel(comm, shard_optimizer=args.zero))
 
 

@@ -142,11 +142,14 @@ def limit_threads(count: int) -> None:
 
 
 @contextmanager
-def abort_on_error(comm: SingleProcess):
+def abort_on_error(comm: SingleProcess, agreed: tuple = ()):
     """Turn an error on one rank into the end of all ranks (with a message naming the rank).
 
     Without this, a rank that raised would leave the others waiting in their next
-    collective forever. A single process just lets the error through.
+    collective forever. ``agreed`` are exception types every rank raises at the same point
+    (a stop the ranks agreed on, such as train's TrainingInterrupted): they end each rank
+    normally, and only rank 0 lets the exception through to report it. A single process
+    just lets every error through.
     """
     try:
         yield
@@ -154,6 +157,10 @@ def abort_on_error(comm: SingleProcess):
         clean_exit = isinstance(err, SystemExit) and err.code in (0, None)
         if comm.size == 1 or clean_exit:
             raise
+        if isinstance(err, agreed):
+            if comm.rank == 0:
+                raise
+            raise SystemExit(getattr(err, "exit_status", 1)) from None
         message = str(err) or type(err).__name__
         print(f"error on rank {comm.rank} of {comm.size}: {message}", file=sys.stderr,
               flush=True)
