@@ -131,14 +131,15 @@ def test_resume_one_process_on_two_ranks(two_rank_results, one_process):
 
 def test_failing_rank_stops_every_rank(tmp_path):
     """Rank 1 raises in step 3; rank 0 would wait in the next all-reduce forever without
-    abort_on_error. The job must end promptly, non-zero, keeping step 2's checkpoint."""
+    abort_on_error. The job must end promptly, non-zero, keeping a whole checkpoint: step 2's,
+    or step 1's when the abort caught rank 0 while it was still writing step 2's."""
     start = time.monotonic()
     process, _ = run_on_two_ranks([{"fail_at": 5, "checkpoint_every": 1,
                                     "out_dir": str(tmp_path / "run")}], tmp_path, timeout=120)
     assert process.returncode != 0
     assert "error on rank 1 of 2: injected failure at batch 5" in process.stderr
     assert time.monotonic() - start < 100
-    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["step"] == 2
+    assert load_checkpoint(tmp_path / "run" / CHECKPOINT_NAME)["step"] in (1, 2)
 
 
 def test_rows_split_like_one_batch():
