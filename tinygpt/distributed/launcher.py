@@ -26,6 +26,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from tinygpt import backend
 from tinygpt.distributed.comm import MPICommunicator, SingleProcess
 
 MPI_INSTALL_HINT = ('training on several processes needs MPI: install it with '
@@ -123,22 +124,9 @@ def init(nproc: int | None = None) -> SingleProcess:
     if nproc not in (None, comm.size):
         raise ValueError(f"--nproc {nproc} does not match the {comm.size} processes that "
                          "mpiexec started; leave --nproc out under mpiexec")
-    limit_threads(int(os.environ.get("TINYGPT_NUM_THREADS") or
-                      threads_per_rank(comm.local_size)))
+    backend.set_num_threads(int(os.environ.get("TINYGPT_NUM_THREADS") or
+                                threads_per_rank(comm.local_size)))
     return comm
-
-
-def limit_threads(count: int) -> None:
-    """At most ``count`` threads in BLAS (through threadpoolctl) and in Numba's kernels."""
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        pass  # the launcher's environment variables (if it set them) are all there is
-    else:
-        threadpool_limits(count)
-    import numba
-
-    numba.set_num_threads(min(count, numba.config.NUMBA_NUM_THREADS))
 
 
 @contextmanager
