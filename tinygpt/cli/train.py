@@ -52,7 +52,9 @@ def _train(args, parallel):
     if args.dropout is not None:
         overrides["drop_rate"] = args.dropout
     model_cfg = GPTConfig.preset(args.config, **overrides)
-    micro_batch, grad_accum = _fit_in_memory(model_cfg, args)
+    # one plan for all ranks (each would see a different amount of free memory)
+    micro_batch, grad_accum = parallel.comm.broadcast(
+        _fit_in_memory(model_cfg, args) if parallel.is_main else None)
     split = int(len(tokens) * (1 - args.val_fraction))
     batches = RandomWindows(tokens[:split], tokens[split:], micro_batch,
                             model_cfg.context_length, seed=args.seed)
