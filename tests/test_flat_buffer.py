@@ -88,10 +88,13 @@ def test_fused_adamw_float32_matches_torch(fused):
         np.testing.assert_allclose(p.data, t.detach().numpy(), rtol=1e-5, atol=1e-6)
 
 
-def test_parameters_and_gradients_are_views_of_one_buffer():
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_parameters_and_gradients_are_views_of_one_buffer(tied):
+    """Backward writes gradients into the slots (linear and embedding straight into them,
+    a tied matrix's two uses summed into one), equal to PyTorch's."""
     backend.set_default_dtype("float64")
     tinygpt.manual_seed(0)
-    model = GPTModel(CFG)
+    model = GPTModel(CFG.replace(tie_embeddings=tied))
     optimizer = AdamW(model.parameters())
     buffer = optimizer.buffer
     assert len(buffer) == model.num_parameters()
@@ -185,3 +188,21 @@ def test_gradient_accumulation_equals_one_big_batch_in_torch():
         assert np.shares_memory(p.grad, optimizer.buffer.grad)
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-10, atol=1e-12,
                                    err_msg=name)
+
+
+def test_a_weight_used_twice_in_one_graph_gets_both_gradients():
+    """The slot is handed to one use only; the second use's gradient is added, as in torch."""
+    backend.set_default_dtype("float64")
+    layer = tinygpt.nn.Linear(4, 4)
+    optimizer = SGD(layer.parameters())
+    x = np.random.default_rng(0).standard_normal((3, 4))
+    twin = torch.nn.Linear(4, 4).double()
+    with torch.no_grad():
+        twin.weight.copy_(torch.from_numpy(layer.weight.data))
+        twin.bias.copy_(torch.from_numpy(layer.bias.data))
+    for _ in range(2):  # the second round adds onto the first, in place
+        layer(layer(x)).sum().backward()
+        twin(twin(torch.from_numpy(x))).sum().backward()
+    for p, t in ((layer.weight, twin.weight), (layer.bias, twin.bias)):
+        assert np.shares_memory(p.grad, optimizer.buffer.grad)
+        np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-12, atol=1e-12)

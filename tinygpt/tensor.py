@@ -148,7 +148,7 @@ class Tensor:
     """An array with an optional gradient and the graph edges that produced it."""
 
     __slots__ = ("data", "grad", "requires_grad", "_parents", "_backward", "_op", "_scope",
-                 "_grad_slot", "__weakref__")
+                 "_grad_slot", "_slot_lent", "__weakref__")
     __array_priority__ = 1000  # so ndarray + Tensor calls Tensor.__radd__
 
     def __init__(self, data, requires_grad=False, dtype=None, _parents=(), _op=""):
@@ -303,18 +303,36 @@ class Tensor:
 
         A leaf may own a *gradient slot* (``_grad_slot``): its stretch of a flat gradient
         array preallocated by ``tinygpt.optim.ParameterBuffer``. Then the first gradient is
-        written into the slot and later ones are added to it in place, so ``.grad`` stays a
-        view of that array and no gradient memory is allocated per step. Without a slot (or
-        when ``.grad`` was set to some other array), a new array is made, as before.
+        written into the slot (or already is: see ``grad_destination``) and later ones are
+        added to it in place, so ``.grad`` stays a view of that array and no gradient memory
+        is allocated per step. Without a slot (or when ``.grad`` was set to some other
+        array), a new array is made, as before.
         """
         slot = getattr(self, "_grad_slot", None)  # unset for most tensors
+        self._slot_lent = False
         if slot is None or (self.grad is not None and self.grad is not slot):
             self.grad = g if self.grad is None else self.grad + g
         elif self.grad is None:
-            slot[...] = g
+            if g is not slot:
+                slot[...] = g
             self.grad = slot
         else:
             slot += g
+
+    def grad_destination(self, dtype):
+        """The array an op's backward may write this leaf's whole gradient into, or None.
+
+        That is the leaf's empty gradient slot (see ``_accumulate_grad``), handed out at most
+        once per backward pass: a weight used twice in one graph gets its second gradient in
+        a new array, and the engine sums the two into the slot. Writing straight into the
+        slot (``matmul(..., out=...)``) saves allocating the gradient and copying it over.
+        """
+        slot = getattr(self, "_grad_slot", None)
+        if (slot is None or not self.requires_grad or self.grad is not None
+                or getattr(self, "_slot_lent", False) or slot.dtype != dtype):
+            return None
+        self._slot_lent = True
+        return slot
 
     def _topological_order(self):
         """Nodes that need grad, each before every node that uses it (iterative DFS);

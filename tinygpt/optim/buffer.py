@@ -135,6 +135,7 @@ class ParameterBuffer:
         """Forget the gradients (``.grad = None``; the next backward writes its slot), or
         zero them in place (``set_to_none=False``; parameters without one stay None)."""
         for slot, p in zip(self.slots, self.params):
+            p._slot_lent = False  # in case a failed backward left it handed out
             if set_to_none:
                 p.grad = None
             elif p.grad is not None:
