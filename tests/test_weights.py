@@ -110,6 +110,21 @@ def test_small_checkpoint_gives_transformers_logits(small_hf, small_dir):
     assert_close_logits(ours, hf_logits(small_hf, ids))
 
 
+def test_loading_draws_no_random_initialisation(small_dir):
+    """The model is built without random weights (all are loaded): the seeded generator is
+    where it was, and the loaded weights are the file's."""
+    from tinygpt import backend
+
+    tinygpt.manual_seed(7)
+    model = load_gpt2(small_dir)
+    after_load = backend.generator().random(4)
+    tinygpt.manual_seed(7)
+    numpy.testing.assert_array_equal(after_load, backend.generator().random(4))
+    raw = read_raw(small_dir / "model.safetensors")
+    numpy.testing.assert_array_equal(model.state_dict()["tok_emb.weight"],
+                                     raw["transformer.wte.weight"])
+
+
 def test_hidden_states_are_transformers_last_hidden_state(small_hf, small_dir):
     """GPTModel.hidden_states is the final LayerNorm's output, as GPT2Model's
     last_hidden_state; the head applied to it gives the logits."""

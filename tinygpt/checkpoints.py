@@ -29,6 +29,7 @@ from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write
 from tinygpt.nn.gpt import GPTModel
+from tinygpt.nn.layers import uninitialized
 from tinygpt.nn.quantization import quantize as quantize_model
 from tinygpt.tokenizer import load_tokenizer
 from tinygpt.weights import CheckpointError, check_quantize_mode, load_gpt2
@@ -165,7 +166,8 @@ def checkpoint_step(path) -> int:
 def model_from_checkpoint(path, dtype="float32") -> GPTModel:
     """Just the model of a checkpoint, in eval mode (the optimizer state is not read)."""
     meta, arrays = _read(path, "model.")
-    model = GPTModel(GPTConfig(**json.loads(meta["model_config"])))
+    with uninitialized():  # every parameter is loaded next: no random draws
+        model = GPTModel(GPTConfig(**json.loads(meta["model_config"])))
     model.load_state_dict(_model_state(arrays, meta))
     return model.to(dtype=dtype).eval()
 

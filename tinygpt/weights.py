@@ -1,22 +1,12 @@
 """GPT-2 checkpoints in and out, in Hugging Face's layout (config.json + model.safetensors).
 
 OpenAI's GPT-2 stores each layer the way its TensorFlow code used it; tinygpt stores it the
-way the book's PyTorch model does. Loading translates one into the other:
-
-    Hugging Face name             shape          tinygpt name(s)
-    wte.weight                    (V, C)         tok_emb.weight (and out_head.weight, tied)
-    wpe.weight                    (ctx, C)       pos_emb.weight
-    h.{i}.ln_1.weight / .bias     (C,)           trf_blocks.{i}.norm1.scale / .shift
-    h.{i}.attn.c_attn.weight      (C, 3C)        split in three, each transposed:
-                                                 att.W_query / W_key / W_value .weight (C, C)
-    h.{i}.attn.c_attn.bias        (3C,)          att.W_query / W_key / W_value .bias
-    h.{i}.attn.c_proj.weight      (C, C)         att.out_proj.weight (transposed)
-    h.{i}.ln_2.weight / .bias     (C,)           norm2.scale / .shift
-    h.{i}.mlp.c_fc.weight         (C, 4C)        ff.layers.0.weight (transposed)
-    h.{i}.mlp.c_proj.weight       (4C, C)        ff.layers.2.weight (transposed)
-    ln_f.weight / .bias           (C,)           final_norm.scale / .shift
-
-GPT-2's "Conv1D" layers keep weights as (in, out), the transpose of a Linear's (out, in).
+way the book's PyTorch model does. One table (``BLOCK_NAMES`` and ``OUTER_NAMES`` below) pairs
+the names, ``h.{i}.ln_1.weight`` with ``trf_blocks.{i}.norm1.scale`` and so on, and marks the
+weights to transpose: GPT-2's "Conv1D" layers keep weights as (in, out), the transpose of a
+Linear's (out, in), and its ``c_attn`` (C, 3C) holds query, key and value side by side.
+Loading, saving and the checks of names and shapes all read that one table. The output head
+is GPT-2's token embedding (tied) unless a file stores its own ``lm_head.weight``.
 Files written by ``transformers`` prefix every name with ``transformer.``; the hub's own GPT-2
 files do not. Both load. Everything is read with ``safetensors`` (no pickle, so loading a
 file cannot run code), and every write goes to a temporary name first, then is renamed.
@@ -35,6 +25,7 @@ from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.nn.gpt import GPTModel
+from tinygpt.nn.layers import uninitialized
 from tinygpt.nn.quantization import MODES as QUANTIZE_MODES
 from tinygpt.nn.quantization import quantize as quantize_model
 from tinygpt.nn.quantization import quantized_mode
@@ -96,84 +87,84 @@ def _infer_config(tensors: dict) -> GPTConfig:
 
 # ----------------------------------------------------------------------------- name mapping
 
+# One row per Hugging Face tensor of a block: (tinygpt names, HF name, transposed). The HF
+# tensor is the tinygpt tensors, each transposed if marked, joined along the last axis; GPT-2
+# fuses query, key and value into one c_attn. This table drives loading, saving and the key
+# and shape checks alike (as nanoGPT's from_pretrained does in one loop).
+BLOCK_NAMES = [
+    (("norm1.scale",), "ln_1.weight", False),
+    (("norm1.shift",), "ln_1.bias", False),
+    (("att.W_query.weight", "att.W_key.weight", "att.W_value.weight"),
+     "attn.c_attn.weight", True),
+    (("att.W_query.bias", "att.W_key.bias", "att.W_value.bias"), "attn.c_attn.bias", False),
+    (("att.out_proj.weight",), "attn.c_proj.weight", True),
+    (("att.out_proj.bias",), "attn.c_proj.bias", False),
+    (("norm2.scale",), "ln_2.weight", False),
+    (("norm2.shift",), "ln_2.bias", False),
+    (("ff.layers.0.weight",), "mlp.c_fc.weight", True),
+    (("ff.layers.0.bias",), "mlp.c_fc.bias", False),
+    (("ff.layers.2.weight",), "mlp.c_proj.weight", True),
+    (("ff.layers.2.bias",), "mlp.c_proj.bias", False),
+]
+OUTER_NAMES = [
+    (("tok_emb.weight",), "wte.weight", False),
+    (("pos_emb.weight",), "wpe.weight", False),
+    (("final_norm.scale",), "ln_f.weight", False),
+    (("final_norm.shift",), "ln_f.bias", False),
+]
+
+
+def name_table(n_layers: int) -> list[tuple[tuple[str, ...], str, bool]]:
+    """Every (tinygpt names, HF name, transposed) row of a GPT-2 with ``n_layers`` blocks
+    (the output head, tied or ``lm_head.weight``, is handled by the callers)."""
+    rows = list(OUTER_NAMES)
+    for i in range(n_layers):
+        rows += [(tuple(f"trf_blocks.{i}.{n}" for n in names), f"h.{i}.{hf}", transposed)
+                 for names, hf, transposed in BLOCK_NAMES]
+    return rows
+
+
 def hf_to_tinygpt(tensors: dict, cfg: GPTConfig) -> dict:
     """Translate Hugging Face GPT-2 tensors into a tinygpt state dict (NumPy arrays)."""
-    C = cfg.emb_dim
-    state = {"tok_emb.weight": tensors["wte.weight"], "pos_emb.weight": tensors["wpe.weight"],
-             "final_norm.scale": tensors["ln_f.weight"], "final_norm.shift": tensors["ln_f.bias"]}
-    for i in range(cfg.n_layers):
-        h, b = f"h.{i}.", f"trf_blocks.{i}."
-        q, k, v = numpy.split(tensors[h + "attn.c_attn.weight"], [C, 2 * C], axis=1)
-        qb, kb, vb = numpy.split(tensors[h + "attn.c_attn.bias"], [C, 2 * C])
-        state.update({
-            b + "att.W_query.weight": q.T, b + "att.W_key.weight": k.T,
-            b + "att.W_value.weight": v.T,
-            b + "att.W_query.bias": qb, b + "att.W_key.bias": kb, b + "att.W_value.bias": vb,
-            b + "att.out_proj.weight": tensors[h + "attn.c_proj.weight"].T,
-            b + "att.out_proj.bias": tensors[h + "attn.c_proj.bias"],
-            b + "ff.layers.0.weight": tensors[h + "mlp.c_fc.weight"].T,
-            b + "ff.layers.0.bias": tensors[h + "mlp.c_fc.bias"],
-            b + "ff.layers.2.weight": tensors[h + "mlp.c_proj.weight"].T,
-            b + "ff.layers.2.bias": tensors[h + "mlp.c_proj.bias"],
-            b + "norm1.scale": tensors[h + "ln_1.weight"],
-            b + "norm1.shift": tensors[h + "ln_1.bias"],
-            b + "norm2.scale": tensors[h + "ln_2.weight"],
-            b + "norm2.shift": tensors[h + "ln_2.bias"],
-        })
+    state = {}
+    for names, hf_name, transposed in name_table(cfg.n_layers):
+        pieces = numpy.split(tensors[hf_name], len(names), axis=-1)
+        state.update({n: p.T if transposed else p for n, p in zip(names, pieces)})
     state["out_head.weight"] = tensors.get("lm_head.weight", tensors["wte.weight"])
     return state
 
 
 def tinygpt_to_hf(state: dict, cfg: GPTConfig) -> dict:
-    """The inverse of ``hf_to_tinygpt``: HF names, Conv1D (in, out) layout, fused c_attn."""
-    C = cfg.emb_dim
-    zeros = numpy.zeros(C, dtype=state["tok_emb.weight"].dtype)  # GPT-2 always has qkv bias
-    out = {"wte.weight": state["tok_emb.weight"], "wpe.weight": state["pos_emb.weight"],
-           "ln_f.weight": state["final_norm.scale"], "ln_f.bias": state["final_norm.shift"]}
-    for i in range(cfg.n_layers):
-        h, b = f"h.{i}.", f"trf_blocks.{i}.att."
-        out[h + "attn.c_attn.weight"] = numpy.concatenate(
-            [state[b + n + ".weight"].T for n in ("W_query", "W_key", "W_value")], axis=1)
-        out[h + "attn.c_attn.bias"] = numpy.concatenate(
-            [state.get(b + n + ".bias", zeros) for n in ("W_query", "W_key", "W_value")])
-        b = f"trf_blocks.{i}."
-        out.update({
-            h + "attn.c_proj.weight": state[b + "att.out_proj.weight"].T,
-            h + "attn.c_proj.bias": state[b + "att.out_proj.bias"],
-            h + "mlp.c_fc.weight": state[b + "ff.layers.0.weight"].T,
-            h + "mlp.c_fc.bias": state[b + "ff.layers.0.bias"],
-            h + "mlp.c_proj.weight": state[b + "ff.layers.2.weight"].T,
-            h + "mlp.c_proj.bias": state[b + "ff.layers.2.bias"],
-            h + "ln_1.weight": state[b + "norm1.scale"], h + "ln_1.bias": state[b + "norm1.shift"],
-            h + "ln_2.weight": state[b + "norm2.scale"], h + "ln_2.bias": state[b + "norm2.shift"],
-        })
+    """The inverse of ``hf_to_tinygpt`` (without the head). GPT-2 always has query, key and
+    value biases: a model without them (``qkv_bias=False``) gets zeros there."""
+    zeros = numpy.zeros(cfg.emb_dim, dtype=state["tok_emb.weight"].dtype)
+    out = {}
+    for names, hf_name, transposed in name_table(cfg.n_layers):
+        parts = [state[n] if n in state else zeros for n in names]
+        out[hf_name] = numpy.concatenate([p.T if transposed else p for p in parts], axis=-1)
     return out
 
 
-def _expected_hf_shapes(cfg: GPTConfig) -> dict:
-    C, V = cfg.emb_dim, cfg.vocab_size
-    shapes = {"wte.weight": (V, C), "wpe.weight": (cfg.context_length, C),
-              "ln_f.weight": (C,), "ln_f.bias": (C,)}
-    for i in range(cfg.n_layers):
-        h = f"h.{i}."
-        shapes.update({
-            h + "attn.c_attn.weight": (C, 3 * C), h + "attn.c_attn.bias": (3 * C,),
-            h + "attn.c_proj.weight": (C, C), h + "attn.c_proj.bias": (C,),
-            h + "mlp.c_fc.weight": (C, 4 * C), h + "mlp.c_fc.bias": (4 * C,),
-            h + "mlp.c_proj.weight": (4 * C, C), h + "mlp.c_proj.bias": (C,),
-            h + "ln_1.weight": (C,), h + "ln_1.bias": (C,),
-            h + "ln_2.weight": (C,), h + "ln_2.bias": (C,),
-        })
-    if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (V, C)
-    return shapes
+def expected_hf_shapes(model: GPTModel) -> dict:
+    """The shape of every Hugging Face tensor that ``model`` needs, from its own parameters
+    (biases that ``qkv_bias=False`` leaves out count with the shape GPT-2 gives them)."""
+    shapes = {name: tuple(p.shape) for name, p in model._named_tensors()}
+    expected = {}
+    for names, hf_name, transposed in name_table(model.cfg.n_layers):
+        parts = [shapes.get(n, (model.cfg.emb_dim,)) for n in names]
+        parts = [part[::-1] if transposed else part for part in parts]
+        expected[hf_name] = parts[0][:-1] + (sum(part[-1] for part in parts),)
+    if not model.weights_tied:
+        expected["lm_head.weight"] = shapes["out_head.weight"]
+    return expected
 
 
-def _check_tensors(tensors: dict, cfg: GPTConfig, source) -> None:
-    """Every expected tensor present with the right shape, nothing unexpected."""
-    expected = _expected_hf_shapes(cfg)
+def _check_tensors(tensors: dict, model: GPTModel, source) -> None:
+    """Every tensor ``model`` needs present with the right shape, nothing unexpected."""
+    cfg = model.cfg
+    expected = expected_hf_shapes(model)
     # Tied checkpoints may or may not store the head; an untied one must.
-    optional = {"lm_head.weight"} if cfg.tie_embeddings else set()
+    optional = {"lm_head.weight"} if model.weights_tied else set()
     missing = [k for k in expected if k not in tensors and k not in optional]
     unexpected = [k for k in tensors if k not in expected and k not in optional]
     wrong = [f"{k} {tuple(tensors[k].shape)} (expected {expected[k]})"
@@ -250,8 +241,11 @@ def load_gpt2(name_or_path, dtype="float32", quantize=None) -> GPTModel:
     if cfg.tie_embeddings and "lm_head.weight" in tensors and not numpy.array_equal(
             tensors["lm_head.weight"], tensors["wte.weight"]):
         cfg = cfg.replace(tie_embeddings=False)
-    _check_tensors(tensors, cfg, weights_path)
-    model = GPTModel(cfg).to(dtype=dtype)
+    with uninitialized():  # every parameter is loaded below: no random draws
+        model = GPTModel(cfg)
+    _check_tensors(tensors, model, weights_path)
+    if numpy.dtype(dtype) != backend.default_dtype():
+        model.to(dtype=dtype)
     model.load_state_dict(hf_to_tinygpt(tensors, cfg))
     return quantize_model(model, quantize) if quantize else model.eval()
 

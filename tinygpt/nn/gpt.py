@@ -13,6 +13,7 @@ import numpy
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
+from tinygpt.nn import layers
 from tinygpt.nn.attention import KVCache, MultiHeadAttention
 from tinygpt.nn.layers import GELU, Dropout, Embedding, LayerNorm, Linear
 from tinygpt.nn.module import Module, Sequential
@@ -66,6 +67,8 @@ class GPTModel(Module):
     def _scale_residual_init(self, n_layers):
         """GPT-2 scales the init of the projections that write into the residual stream by
         1/sqrt(2 * n_layers), so the stream's variance does not grow with depth."""
+        if layers.init_skipped():
+            return
         for block in self.trf_blocks:
             for layer in (block.att.out_proj, block.ff.layers[2]):
                 layer.weight.data *= (2 * n_layers) ** -0.5

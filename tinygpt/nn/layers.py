@@ -2,21 +2,45 @@
 
 Initialisation follows GPT-2 (and nanoGPT): weights drawn from N(0, 0.02), biases zero,
 LayerNorm scale one and shift zero. The book keeps PyTorch's defaults instead; GPT-2's small
-normal trains a little better from scratch, and loaded checkpoints overwrite it anyway.
+normal trains a little better from scratch. A model whose every weight is loaded right after
+is built inside ``uninitialized()``, which skips the random draws (most of a load's time).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 from tinygpt import backend
 from tinygpt import functional as F
 from tinygpt.nn.module import Module, Parameter
 
 INIT_STD = 0.02
+_skip_init = False
+
+
+@contextlib.contextmanager
+def uninitialized():
+    """Inside this block, weights are allocated but not drawn (their values are garbage):
+    for a model whose parameters are all overwritten by ``load_state_dict`` next."""
+    global _skip_init
+    previous, _skip_init = _skip_init, True
+    try:
+        yield
+    finally:
+        _skip_init = previous
+
+
+def init_skipped() -> bool:
+    """True inside ``uninitialized()``."""
+    return _skip_init
 
 
 def normal_init(*shape, std=INIT_STD, dtype=None):
-    """An array of N(0, std^2) samples from the seeded generator."""
+    """An array of N(0, std^2) samples from the seeded generator (uninitialised memory inside
+    ``uninitialized()``)."""
     dtype = dtype or backend.default_dtype()
+    if _skip_init:
+        return backend.xp().empty(shape, dtype=dtype)
     return (backend.generator().standard_normal(shape) * std).astype(dtype)
 
 
