@@ -40,7 +40,7 @@ def build_models(directory):
     import torch
     import transformers
 
-    from tinygpt.weights import load_gpt2
+    from tinygpt.checkpoints import load_gpt2
 
     torch.manual_seed(0)
     hf = transformers.GPT2LMHeadModel(transformers.GPT2Config()).eval()

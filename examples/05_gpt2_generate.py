@@ -5,8 +5,9 @@
 
 ``--model`` is a GPT-2 name (gpt2, gpt2-medium, gpt2-large, gpt2-xl: downloaded from the
 Hugging Face hub on first use, then read from its cache; ``HF_ENDPOINT`` and ``HF_HOME`` are
-honoured) or a local checkpoint: a directory holding config.json + model.safetensors, or a
-.safetensors file.
+honoured) or a local checkpoint: a directory holding config.json + model.safetensors, a
+.safetensors file, or a directory written by ``tinygpt train`` (with its own tokenizer) —
+what every ``tinygpt`` command's ``--model`` takes.
 
 It prints the greedy continuation (temperature 0: always the most likely token), streamed
 token by token, then a sampled one with the book's settings: top_k=50, temperature=1.5. The
@@ -23,15 +24,16 @@ import time
 import numpy
 
 import tinygpt
-from tinygpt.generation import generate, stream
-from tinygpt.tokenizer import gpt2_encoding
-from tinygpt.weights import CheckpointError, load_gpt2
+from tinygpt.checkpoints import load_model
+from tinygpt.generation import TextStreamer, generate, stream
+from tinygpt.weights import CheckpointError
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="gpt2",
-                        help="GPT-2 name or local checkpoint directory/file (default: gpt2)")
+                        help="GPT-2 name, Hugging Face directory or .safetensors file, or a "
+                             "`tinygpt train` directory (default: gpt2)")
     parser.add_argument("--prompt", default="Every effort moves you")
     parser.add_argument("--max-new-tokens", type=int, default=25)
     parser.add_argument("--top-k", type=int, default=50)
@@ -39,42 +41,38 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=123)
     args = parser.parse_args(argv)
 
-    encoding = gpt2_encoding()
     start = time.perf_counter()
     try:
-        model = load_gpt2(args.model)
-    except CheckpointError as err:
+        model, tokenizer = load_model(args.model)
+    except (CheckpointError, OSError) as err:
         sys.exit(f"error: {err}")
     cfg = model.cfg
     params = sum(p.data.size for p in model.parameters())
     print(f"loaded {args.model}: {params:,} parameters, {cfg.n_layers} layers, emb_dim "
           f"{cfg.emb_dim}, context {cfg.context_length} ({time.perf_counter() - start:.1f} s)")
-    if cfg.vocab_size != encoding.n_vocab:
-        sys.exit(f"error: the model has {cfg.vocab_size} tokens but GPT-2's tokenizer has "
-                 f"{encoding.n_vocab}; this example needs a GPT-2 vocabulary")
 
-    ids = numpy.array([encoding.encode(args.prompt)])
-    eos = encoding.eot_token  # <|endoftext|>: GPT-2 ends a document with it
+    ids = numpy.array([tokenizer.encode(args.prompt)])
+    eos = tokenizer.eot_token  # <|endoftext|>: GPT-2 ends a document with it (None: chars)
     print(f"prompt: {args.prompt!r} -> {ids[0].tolist()}")
 
     print("\n--- greedy (temperature 0), streamed ---")
     print(args.prompt, end="", flush=True)
-    new, shown = [], ""
-    start = time.perf_counter()
+    # A token can end inside a multi-byte character: the streamer waits for the rest.
+    streamer = TextStreamer(tokenizer, write=lambda text: print(text, end="", flush=True))
+    count, start = 0, time.perf_counter()
     for token in stream(model, ids, args.max_new_tokens, eos_id=eos):
-        new.append(int(token[0]))
-        text = encoding.decode(new)  # decode the whole tail: a character may span tokens
-        print(text[len(shown):], end="", flush=True)
-        shown = text
+        streamer.put(int(token[0]))
+        count += 1
+    streamer.end()
     seconds = time.perf_counter() - start
-    print(f"\n({len(new)} tokens in {seconds:.2f} s, {len(new) / seconds:.1f} tokens/s)")
+    print(f"\n({count} tokens in {seconds:.2f} s, {count / seconds:.1f} tokens/s)")
 
     print(f"\n--- sampled (top_k={args.top_k}, temperature={args.temperature}, "
           f"seed {args.seed}) ---")
     tinygpt.manual_seed(args.seed)
     out = generate(model, ids, args.max_new_tokens, temperature=args.temperature,
                    top_k=args.top_k, eos_id=eos)
-    print(encoding.decode(out[0].tolist()))
+    print(tokenizer.decode(out[0].tolist()))
 
 
 if __name__ == "__main__":

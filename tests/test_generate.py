@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 import tinygpt  # noqa: E402
+from tinygpt.checkpoints import load_gpt2  # noqa: E402
 from tinygpt.generation import (  # noqa: E402
     NUCLEUS_CANDIDATES,
     TextStreamer,
@@ -25,7 +26,6 @@ from tinygpt.generation import (  # noqa: E402
     stream,
 )
 from tinygpt.nn import KVCache  # noqa: E402
-from tinygpt.weights import load_gpt2  # noqa: E402
 
 VOCAB, CONTEXT = 97, 64
 

@@ -20,10 +20,10 @@ def test_import_tinygpt_loads_no_io_or_task_libraries():
 
 
 def test_lazy_names_are_the_functions_of_their_modules():
-    from tinygpt import generation, weights
+    from tinygpt import checkpoints, generation, weights
 
     assert tinygpt.generate is generation.generate
-    assert tinygpt.load_gpt2 is weights.load_gpt2
+    assert tinygpt.load_gpt2 is checkpoints.load_gpt2
     assert tinygpt.save_pretrained is weights.save_pretrained
     assert "generate" in dir(tinygpt)
     assert isinstance(tinygpt.GPTModel(tinygpt.GPTConfig(

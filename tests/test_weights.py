@@ -32,9 +32,10 @@ safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 import tinygpt  # noqa: E402
 from tinygpt import weights  # noqa: E402
+from tinygpt.checkpoints import load_gpt2  # noqa: E402
 from tinygpt.config import GPTConfig  # noqa: E402
 from tinygpt.nn.gpt import GPTModel  # noqa: E402
-from tinygpt.weights import CheckpointError, load_gpt2, save_pretrained  # noqa: E402
+from tinygpt.weights import CheckpointError, save_pretrained  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMALL = dict(vocab_size=101, n_positions=48, n_embd=32, n_layer=2, n_head=4)
@@ -566,7 +567,8 @@ LOAD_SCRIPT = textwrap.dedent("""
     import numpy
     import huggingface_hub.utils._http as hub_http
     hub_http.time.sleep = lambda seconds: None  # skip the hub client's back-off waits
-    from tinygpt.weights import CheckpointError, load_gpt2
+    from tinygpt.checkpoints import load_gpt2
+    from tinygpt.weights import CheckpointError
     try:
         model = load_gpt2("gpt2")
     except CheckpointError as err:

@@ -40,7 +40,7 @@ from tinygpt.tensor import (
 # name -> the module that defines it, imported when the name is first asked for.
 _LAZY = {
     "generate": "tinygpt.generation",
-    "load_gpt2": "tinygpt.weights",
+    "load_gpt2": "tinygpt.checkpoints",
     "profile": "tinygpt.profiler",
     "save_pretrained": "tinygpt.weights",
 }

@@ -7,10 +7,10 @@ else (configs, step, random generator) as JSON strings in the file's metadata â€
 pickle, so loading a file cannot run code. A tied output head is stored once, as the token
 embedding.
 
-``load_model(name_or_path)`` turns whatever a command's ``--model`` accepts into
-(model, tokenizer): a GPT-2 name (downloaded once), a Hugging Face directory or
-``.safetensors`` file, a directory written by ``tinygpt train`` or by a fine-tuning command.
-It reads only the model's tensors, never the optimizer state.
+``load_gpt2(name_or_path)`` turns whatever a command's ``--model`` accepts into a model, and
+``load_model`` into (model, tokenizer): a GPT-2 name (downloaded once), a Hugging Face
+directory or ``.safetensors`` file, a directory written by ``tinygpt train`` or by a
+fine-tuning command. They read only the model's tensors, never the optimizer state.
 
 This module sits in the io layer: the training loop hands it plain dicts (its config and
 history), so nothing here imports ``tinygpt.train``.
@@ -30,13 +30,14 @@ from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write
 from tinygpt.nn.gpt import GPTModel
 from tinygpt.nn.layers import uninitialized
+from tinygpt.nn.quantization import MODES as QUANTIZE_MODES
 from tinygpt.nn.quantization import quantize as quantize_model
 from tinygpt.tokenizer import load_tokenizer
-from tinygpt.weights import CheckpointError, check_quantize_mode, load_gpt2
+from tinygpt.weights import HF_WEIGHTS, CheckpointError, load_hf
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "tinygpt-checkpoint-1"
-WEIGHTS_NAME = "model.safetensors"  # Hugging Face layout, beside config.json
+WEIGHTS_NAME = HF_WEIGHTS  # model.safetensors: Hugging Face layout, beside config.json
 
 
 # ----------------------------------------------------------------------------- nested arrays
@@ -116,7 +117,7 @@ def _read(path, prefix) -> tuple[dict, dict]:
             meta = handle.metadata() or {}
             if meta.get("format") != FORMAT:
                 raise CheckpointError(f"{path} is not a tinygpt training checkpoint "
-                                      "(for GPT-2 weights use load_gpt2)")
+                                      "(GPT-2 weights in Hugging Face layout load with load_gpt2)")
             arrays = {k: handle.get_tensor(k) for k in handle.keys() if k.startswith(prefix)}
     except (SafetensorError, OSError) as err:
         raise CheckpointError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
@@ -174,26 +175,55 @@ def model_from_checkpoint(path, dtype="float32") -> GPTModel:
 
 # ----------------------------------------------------------------------------- any --model
 
-def load_model(name_or_path, dtype="float32", quantize=None):
-    """(model in eval mode, tokenizer) for anything ``--model`` accepts.
-
-    A directory or file holding ``checkpoint.safetensors`` is read as a tinygpt checkpoint;
-    anything else as GPT-2 weights (``load_gpt2``). The tokenizer is the one recorded in the
-    model's directory (``tokenizer.json``), GPT-2's when there is none. ``quantize`` ("int8"
-    or "bfloat16") stores the weights small, for inference (``nn.quantize``). A directory
-    holding both kinds is an error: which one was meant cannot be known."""
-    check_quantize_mode(quantize)
+def _training_checkpoint(name_or_path) -> Path | None:
+    """The tinygpt checkpoint file that ``name_or_path`` means, or None for GPT-2 weights in
+    Hugging Face's layout. A directory holding both kinds is ambiguous: an error."""
     path = Path(str(name_or_path)).expanduser()
-    if path.is_dir() and (path / CHECKPOINT_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
-        raise CheckpointError(
-            f"{path} holds both a training checkpoint ({CHECKPOINT_NAME}) and model weights "
-            f"({WEIGHTS_NAME}), so it is unclear which model to load; move one of them to a "
-            "directory of its own")
-    checkpoint = path / CHECKPOINT_NAME if path.is_dir() else path
-    if checkpoint.is_file() and checkpoint.name == CHECKPOINT_NAME:
-        model = model_from_checkpoint(checkpoint, dtype)
-        if quantize:
-            quantize_model(model, quantize)
-        return model, load_tokenizer(checkpoint.parent)
-    model = load_gpt2(name_or_path, dtype=dtype, quantize=quantize)
-    return model, load_tokenizer(path if path.is_dir() else None)
+    if path.is_dir():
+        checkpoint, weights = path / CHECKPOINT_NAME, path / WEIGHTS_NAME
+        if checkpoint.is_file() and weights.is_file():
+            raise CheckpointError(
+                f"{path} holds both a training checkpoint ({CHECKPOINT_NAME}) and Hugging Face "
+                f"weights ({WEIGHTS_NAME}); pass the file you mean: {checkpoint} or {weights}")
+        return checkpoint if checkpoint.is_file() else None
+    if path.is_file() and (path.name == CHECKPOINT_NAME or _is_tinygpt_file(path)):
+        return path
+    return None
+
+
+def _is_tinygpt_file(path) -> bool:
+    """True for a safetensors file in tinygpt's checkpoint format (read from its header)."""
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            return (handle.metadata() or {}).get("format") == FORMAT
+    except (SafetensorError, OSError):
+        return False  # not ours; load_hf says what is wrong with it
+
+
+def check_quantize_mode(mode) -> None:
+    """Refuse an unknown ``quantize=`` before a model is read, not after."""
+    if mode is not None and mode not in QUANTIZE_MODES:
+        raise ValueError(f"quantize must be None or one of {', '.join(QUANTIZE_MODES)}; "
+                         f"got {mode!r}")
+
+
+def load_gpt2(name_or_path, dtype="float32", quantize=None) -> GPTModel:
+    """A GPTModel in eval mode from anything ``--model`` accepts: a GPT-2 name (gpt2,
+    gpt2-medium, gpt2-large, gpt2-xl: downloaded once, cached), a Hugging Face directory or
+    ``.safetensors`` file, or a directory (or checkpoint file) written by ``tinygpt train``
+    or a fine-tuning command. Only the model's tensors are read. ``quantize`` ("int8" or
+    "bfloat16") stores the weights small, for inference (``nn.quantize``)."""
+    check_quantize_mode(quantize)
+    checkpoint = _training_checkpoint(name_or_path)
+    model = (model_from_checkpoint(checkpoint, dtype) if checkpoint is not None
+             else load_hf(name_or_path, dtype))
+    return quantize_model(model, quantize) if quantize else model
+
+
+def load_model(name_or_path, dtype="float32", quantize=None):
+    """(model, tokenizer) for anything ``--model`` accepts (see ``load_gpt2``). The tokenizer
+    is the one recorded beside the model (``tokenizer.json``), GPT-2's when there is none."""
+    model = load_gpt2(name_or_path, dtype, quantize)
+    path = Path(str(name_or_path)).expanduser()
+    folder = path if path.is_dir() else path.parent if path.is_file() else None
+    return model, load_tokenizer(folder)

@@ -26,8 +26,6 @@ from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.nn.gpt import GPTModel
 from tinygpt.nn.layers import uninitialized
-from tinygpt.nn.quantization import MODES as QUANTIZE_MODES
-from tinygpt.nn.quantization import quantize as quantize_model
 from tinygpt.nn.quantization import quantized_mode
 
 HUB_REPOS = {
@@ -36,7 +34,8 @@ HUB_REPOS = {
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
-HUB_FILES = ("config.json", "model.safetensors")
+HF_WEIGHTS, HF_CONFIG = "model.safetensors", "config.json"
+HUB_FILES = (HF_CONFIG, HF_WEIGHTS)
 # Buffers some GPT-2 files carry (the causal mask); they are not weights.
 IGNORED_SUFFIXES = (".attn.bias", ".attn.masked_bias")
 
@@ -204,13 +203,14 @@ def _resolve(name_or_path) -> tuple[Path, Path | None]:
     text = str(name_or_path)
     if text in HUB_REPOS:
         directory = download_gpt2(text)
-        return directory / "model.safetensors", directory / "config.json"
+        return directory / HF_WEIGHTS, directory / HF_CONFIG
     path = Path(text).expanduser()
     if path.is_dir():
-        weights, config = path / "model.safetensors", path / "config.json"
+        weights, config = path / HF_WEIGHTS, path / HF_CONFIG
         if not weights.is_file():
             raise CheckpointError(f"{path} has no model.safetensors (a Hugging Face GPT-2 "
-                                  "directory holds config.json and model.safetensors)")
+                                  "directory holds config.json and model.safetensors, a "
+                                  "`tinygpt train` directory checkpoint.safetensors)")
         return weights, config if config.is_file() else None
     if path.is_file():
         config = path.with_name("config.json")
@@ -220,12 +220,11 @@ def _resolve(name_or_path) -> tuple[Path, Path | None]:
                           "existing directory or .safetensors file")
 
 
-def load_gpt2(name_or_path, dtype="float32", quantize=None) -> GPTModel:
-    """A GPTModel with GPT-2 weights: from a hub name (downloaded once, cached) or a local
-    Hugging Face directory or .safetensors file. The head is tied to the token embedding,
-    as in GPT-2, unless the checkpoint stores its own ``lm_head.weight``. ``quantize``
-    ("int8" or "bfloat16") stores the weights small for inference (``nn.quantize``)."""
-    check_quantize_mode(quantize)
+def load_hf(name_or_path, dtype="float32") -> GPTModel:
+    """A GPTModel with GPT-2 weights in Hugging Face's layout: from a hub name (downloaded
+    once, cached) or a local directory or .safetensors file. The head is tied to the token
+    embedding, as in GPT-2, unless the checkpoint stores its own ``lm_head.weight``.
+    (``tinygpt.load_gpt2`` takes these and tinygpt's own checkpoints too.)"""
     weights_path, config_path = _resolve(name_or_path)
     tensors = read_safetensors(weights_path)
     if config_path is not None:
@@ -247,14 +246,7 @@ def load_gpt2(name_or_path, dtype="float32", quantize=None) -> GPTModel:
     if numpy.dtype(dtype) != backend.default_dtype():
         model.to(dtype=dtype)
     model.load_state_dict(hf_to_tinygpt(tensors, cfg))
-    return quantize_model(model, quantize) if quantize else model.eval()
-
-
-def check_quantize_mode(mode) -> None:
-    """Refuse an unknown ``quantize=`` before a model is read, not after."""
-    if mode is not None and mode not in QUANTIZE_MODES:
-        raise ValueError(f"quantize must be None or one of {', '.join(QUANTIZE_MODES)}; "
-                         f"got {mode!r}")
+    return model.eval()
 
 
 # ----------------------------------------------------------------------------- writing
@@ -276,7 +268,7 @@ def save_pretrained(model: GPTModel, directory) -> Path:
     if not model.weights_tied:
         tensors["lm_head.weight"] = state["out_head.weight"]
     config = config_to_hf(cfg.replace(tie_embeddings=model.weights_tied))
-    atomic_write(directory / "model.safetensors",
+    atomic_write(directory / HF_WEIGHTS,
                  lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
     return directory
