@@ -5,10 +5,14 @@ and transformers' GPT2LMHeadModel for the Hugging Face files."""
 from __future__ import annotations
 
 import importlib.util
+import json
+import tracemalloc
 from pathlib import Path
 
 import numpy
 import pytest
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
 
 import tinygpt
 from tinygpt.checkpoints import CHECKPOINT_NAME, load_gpt2, load_model, save_checkpoint
@@ -83,3 +87,151 @@ def test_a_folder_with_both_kinds_of_weights_is_refused(tmp_path, capsys):
     ids = numpy.array([[1, 2, 3]])  # GPT-2 files always have qkv biases: compare outputs
     numpy.testing.assert_allclose(load_gpt2(tmp_path / "model.safetensors")(ids).numpy(),
                                   other.eval()(ids).numpy(), rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- bad files
+#
+# Each as a user meets it: `tinygpt generate --model DIR` exits 1 with one line that names
+# the file and what is wrong (issue 14: "also fix" list, items 11 and 12).
+
+def hf_folder(directory) -> Path:
+    tinygpt.manual_seed(1)
+    save_pretrained(GPTModel(CFG), directory)
+    return Path(directory)
+
+
+def generate_error(model_dir, capsys) -> str:
+    """Run `tinygpt generate` on ``model_dir``; the one error line it printed."""
+    assert main(["generate", "to", "--model", str(model_dir), "--max-new-tokens", "2"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    return err
+
+
+def edit_json(path, **changes):
+    data = json.loads(path.read_text())
+    data.update(changes)
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("field, value", [
+    ("n_layer", 1e8), ("n_head", "2"), ("n_embd", [16]), ("n_layer", True), ("n_head", 0),
+    ("n_head", 3),  # 16 is not divisible by 3
+])
+def test_malformed_config_json_is_one_line_naming_the_field(tmp_path, capsys, field, value):
+    folder = hf_folder(tmp_path)
+    edit_json(folder / "config.json", **{field: value})
+    err = generate_error(folder, capsys)
+    assert str(folder / "config.json") in err and (field in err or "divisible" in err)
+
+
+def test_config_json_that_is_not_an_object(tmp_path, capsys):
+    folder = hf_folder(tmp_path)
+    (folder / "config.json").write_text("[1, 2]")
+    assert "config.json holds a JSON list" in generate_error(folder, capsys)
+
+
+def test_config_claiming_huge_sizes_is_refused_before_allocating(tmp_path, capsys):
+    """issue 14 item 12: a config.json claiming 10^8 layers ran 37 s (and a checkpoint
+    claiming 100,000 layers allocated 3.9 GB) before failing. Now the declared sizes are
+    checked against the tensors present first: the error names the first missing block and
+    costs little memory."""
+    folder = hf_folder(tmp_path)
+    edit_json(folder / "config.json", n_layer=10**8)
+    tracemalloc.start()
+    try:
+        err = generate_error(folder, capsys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert "100000000 layers" in err and "missing tensors: h.1." in err
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+def rewrite_metadata(path, **changes):
+    """Rewrite a tinygpt checkpoint with some metadata fields replaced (raw strings)."""
+    with safe_open(str(path), framework="numpy") as handle:
+        meta = dict(handle.metadata())
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}
+    meta.update(changes)
+    save_file(arrays, str(path), metadata=meta)
+
+
+def test_checkpoint_claiming_many_layers_is_refused_before_allocating(tmp_path, capsys):
+    train_folder(tmp_path)
+    rewrite_metadata(tmp_path / CHECKPOINT_NAME,
+                     model_config=json.dumps(CFG.replace(n_layers=100_000).to_dict()))
+    tracemalloc.start()
+    try:
+        err = generate_error(tmp_path, capsys)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert CHECKPOINT_NAME in err and "declares 100000 layers" in err and "holds 1 layers" in err
+    assert peak < 20 * 2**20, f"peak {peak / 2**20:.0f} MiB"
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("model_config", "{not json", "'model_config' is malformed"),
+    ("model_config", json.dumps({**CFG.to_dict(), "n_head": 2}), "'n_head'"),
+    ("model_config", json.dumps({**CFG.to_dict(), "emb_dim": "16"}), "emb_dim must be a positive"),
+    ("model_config", json.dumps([1, 2]), "must be an object"),
+])
+def test_malformed_checkpoint_metadata_is_one_line(tmp_path, capsys, field, value, expected):
+    train_folder(tmp_path)
+    rewrite_metadata(tmp_path / CHECKPOINT_NAME, **{field: value})
+    err = generate_error(tmp_path, capsys)
+    assert str(tmp_path / CHECKPOINT_NAME) in err and expected in err
+
+
+def test_checkpoint_without_optimizer_state_loads_for_generation(tmp_path, capsys):
+    """generate needs only the model: a checkpoint whose optimizer metadata is gone loads."""
+    saved = train_folder(tmp_path)
+    with safe_open(str(tmp_path / CHECKPOINT_NAME), framework="numpy") as handle:
+        meta = {k: v for k, v in handle.metadata().items() if k != "optimizer"}
+        arrays = {k: handle.get_tensor(k) for k in handle.keys()}
+    save_file(arrays, str(tmp_path / CHECKPOINT_NAME), metadata=meta)
+    assert_same_weights(load_gpt2(tmp_path), saved)
+    assert main(["generate", "to", "--model", str(tmp_path), "--max-new-tokens", "2"]) == 0
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("{oops", "is not valid JSON"),
+    ('{"type": "bytes"}', 'expected an object with "type"'),
+    ('{"type": "char", "chars": "abc"}', '"chars" must be a list'),
+    ('{"type": "char", "chars": ["a", "a"]}', '"chars" must be a list'),
+    ("[]", 'expected an object with "type"'),
+])
+def test_malformed_tokenizer_json_is_one_line(tmp_path, capsys, text, expected):
+    train_folder(tmp_path)
+    (tmp_path / "tokenizer.json").write_text(text)
+    err = generate_error(tmp_path, capsys)
+    assert str(tmp_path / "tokenizer.json") in err and expected in err
+
+
+@pytest.mark.parametrize("damage", ["nan", "inf", "int"])
+def test_non_finite_or_integer_weights_are_refused(tmp_path, capsys, damage):
+    """NaN/inf or integer weights used to load and generate garbage with exit 0."""
+    folder = hf_folder(tmp_path / "hf")
+    path = folder / "model.safetensors"
+    tensors = load_file(str(path))
+    name = "transformer.h.0.mlp.c_fc.weight"
+    if damage == "int":
+        tensors[name] = tensors[name].astype(numpy.int32)
+    else:
+        tensors[name][0, 0] = numpy.nan if damage == "nan" else numpy.inf
+    save_file(tensors, str(path), metadata={"format": "pt"})
+    err = generate_error(folder, capsys)
+    assert str(path) in err and "h.0.mlp.c_fc.weight" in err
+    assert ("dtype int32" in err) if damage == "int" else ("NaN or infinite" in err)
+
+    train_folder(tmp_path / "run")
+    ckpt = tmp_path / "run" / CHECKPOINT_NAME
+    with safe_open(str(ckpt), framework="numpy") as handle:
+        meta, arrays = handle.metadata(), {k: handle.get_tensor(k) for k in handle.keys()}
+    arrays["model.pos_emb.weight"][1, 2] = numpy.nan if damage != "int" else 0
+    if damage == "int":
+        arrays["model.pos_emb.weight"] = arrays["model.pos_emb.weight"].astype(numpy.int32)
+    save_file(arrays, str(ckpt), metadata=meta)
+    err = generate_error(tmp_path / "run", capsys)
+    assert str(ckpt) in err and "pos_emb.weight" in err

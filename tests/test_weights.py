@@ -186,18 +186,37 @@ def test_bare_safetensors_file_path(small_hf, small_dir):
     assert_close_logits(model(ids).numpy(), hf_logits(small_hf, ids))
 
 
-def test_bare_safetensors_without_config_infers_architecture(tmp_path):
-    """No config.json: sizes come from the tensor shapes, heads of 64 as in every GPT-2."""
-    hf = hf_model(seed=3, vocab_size=67, n_positions=24, n_embd=128, n_head=2, n_layer=3)
+def test_bare_safetensors_without_config_needs_the_head_count(tmp_path):
+    """issue 14 item 11: without config.json the head count used to be guessed as
+    emb_dim / 64, so a 32-dim 2-head model loaded as 1 head and computed something else.
+    Now the file is refused, naming config.json; with its config it loads exactly."""
+    hf = hf_model(seed=3, vocab_size=67, n_positions=24, n_embd=32, n_head=2, n_layer=3)
     save_hf(hf, tmp_path / "hf")
     lone = tmp_path / "lone" / "my-gpt.safetensors"
     lone.parent.mkdir()
     lone.write_bytes((tmp_path / "hf" / "model.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"my-gpt\.safetensors has no config\.json.*"
+                                              r"heads.*emb_dim 32, 3 layers"):
+        load_gpt2(lone)
+    (lone.parent / "config.json").write_text((tmp_path / "hf" / "config.json").read_text())
     model = load_gpt2(lone)
     assert (model.cfg.vocab_size, model.cfg.context_length, model.cfg.emb_dim,
-            model.cfg.n_heads, model.cfg.n_layers) == (67, 24, 128, 2, 3)
+            model.cfg.n_heads, model.cfg.n_layers) == (67, 24, 32, 2, 3)
     ids = token_ids(67, (2, 24))
     assert_close_logits(model(ids).numpy(), hf_logits(hf, ids))
+
+
+def test_gpt2_sizes_without_config_are_inferred():
+    """For GPT-2's own four sizes the head count is known (64-dim heads)."""
+    def shaped(*shape):  # a zero-stride array: the shape without the memory
+        return numpy.broadcast_to(numpy.float32(0), shape)
+
+    for (emb, layers), heads in weights.GPT2_HEADS.items():
+        tensors = {"wte.weight": shaped(50257, emb), "wpe.weight": shaped(1024, emb)}
+        tensors.update({f"h.{i}.ln_1.weight": shaped(emb) for i in range(layers)})
+        cfg = weights._infer_config(tensors, "gpt2.safetensors")
+        assert (cfg.n_heads, cfg.n_layers, cfg.emb_dim) == (heads, layers, emb)
+        assert emb // heads == 64
 
 
 def test_untied_lm_head(tmp_path):

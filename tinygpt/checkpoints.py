@@ -33,7 +33,7 @@ from tinygpt.nn.layers import uninitialized
 from tinygpt.nn.quantization import MODES as QUANTIZE_MODES
 from tinygpt.nn.quantization import quantize as quantize_model
 from tinygpt.tokenizer import load_tokenizer
-from tinygpt.weights import HF_WEIGHTS, CheckpointError, load_hf
+from tinygpt.weights import HF_WEIGHTS, CheckpointError, check_weight_values, load_hf
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 FORMAT = "tinygpt-checkpoint-1"
@@ -142,6 +142,52 @@ def _model_state(arrays: dict, meta: dict) -> dict:
     return state
 
 
+def _field(meta: dict, key: str, path, parse=json.loads):
+    """One metadata field, parsed; a missing or malformed one is a one-line error."""
+    if key not in meta:
+        raise CheckpointError(f"{path}: its metadata lacks {key!r} (not written by tinygpt, "
+                              "or damaged)")
+    try:
+        return parse(meta[key])
+    except ValueError as err:  # JSONDecodeError is a ValueError, as is int("x")
+        raise CheckpointError(f"{path}: metadata field {key!r} is malformed: {err}") from None
+
+
+def _model_config(meta: dict, path) -> GPTConfig:
+    """The checkpoint's GPTConfig, every field checked before anything is allocated."""
+    fields = _field(meta, "model_config", path)
+    known = set(GPTConfig.__dataclass_fields__)
+    if not isinstance(fields, dict) or set(fields) - known:
+        extra = sorted(set(fields) - known) if isinstance(fields, dict) else fields
+        raise CheckpointError(f"{path}: model_config must be an object with GPTConfig's "
+                              f"fields ({', '.join(sorted(known))}); got {extra!r}")
+    for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+        if name in fields and (type(fields[name]) is not int or fields[name] <= 0):
+            raise CheckpointError(f"{path}: model_config.{name} must be a positive integer, "
+                                  f"got {fields[name]!r}")
+    try:
+        return GPTConfig(**fields)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{path}: model_config: {err}") from None
+
+
+def _check_sizes(cfg: GPTConfig, state: dict, path) -> None:
+    """The sizes the config declares against the tensors actually in the file, before the
+    model is built: a small file claiming 100,000 layers must not allocate gigabytes."""
+    layers = 1 + max((int(k.split(".")[1]) for k in state if k.startswith("trf_blocks.")),
+                     default=-1)
+    tok, pos = state.get("tok_emb.weight"), state.get("pos_emb.weight")
+    found = (layers, None if tok is None else tuple(tok.shape),
+             None if pos is None else tuple(pos.shape))
+    declared = (cfg.n_layers, (cfg.vocab_size, cfg.emb_dim), (cfg.context_length, cfg.emb_dim))
+    if found != declared:
+        raise CheckpointError(
+            f"{path}: its model_config declares {declared[0]} layers, token embedding "
+            f"{declared[1]} and position embedding {declared[2]}, but the file holds "
+            f"{found[0]} layers, {found[1]} and {found[2]}")
+    check_weight_values(state, path)
+
+
 def load_checkpoint(path) -> dict:
     """Read a checkpoint whole: {model, model_config, train_config, optimizer, history, rng,
     step}; the configs and history come back as plain dicts except model_config (GPTConfig).
@@ -149,27 +195,32 @@ def load_checkpoint(path) -> dict:
     meta, arrays = _read(path, "")
     return {
         "model": _model_state(arrays, meta),
-        "model_config": GPTConfig(**json.loads(meta["model_config"])),
-        "train_config": json.loads(meta["train_config"]),
-        "optimizer": _join_arrays(json.loads(meta["optimizer"]), arrays),
-        "history": _join_arrays(json.loads(meta["history"]), arrays),
-        "rng": json.loads(meta["rng"]),
-        "step": int(meta["step"]),
+        "model_config": _model_config(meta, path),
+        "train_config": _field(meta, "train_config", path),
+        "optimizer": _join_arrays(_field(meta, "optimizer", path), arrays),
+        "history": _join_arrays(_field(meta, "history", path), arrays),
+        "rng": _field(meta, "rng", path),
+        "step": _field(meta, "step", path, int),
     }
 
 
 def checkpoint_step(path) -> int:
     """The number of optimizer steps a checkpoint holds, read without loading any tensor."""
     meta, _ = _read(path, prefix="\0")  # no tensor name starts with NUL: metadata only
-    return int(meta["step"])
+    return _field(meta, "step", path, int)
 
 
 def model_from_checkpoint(path, dtype="float32") -> GPTModel:
     """Just the model of a checkpoint, in eval mode (the optimizer state is not read)."""
     meta, arrays = _read(path, "model.")
+    cfg, state = _model_config(meta, path), _model_state(arrays, meta)
+    _check_sizes(cfg, state, path)
     with uninitialized():  # every parameter is loaded next: no random draws
-        model = GPTModel(GPTConfig(**json.loads(meta["model_config"])))
-    model.load_state_dict(_model_state(arrays, meta))
+        model = GPTModel(cfg)
+    try:
+        model.load_state_dict(state)
+    except ValueError as err:  # names the keys; say which file they came from
+        raise CheckpointError(f"{path}: {err}") from None
     return model.to(dtype=dtype).eval()
 
 

@@ -52,13 +52,24 @@ def save_tokenizer(tokenizer, directory: str | os.PathLike) -> None:
 
 def load_tokenizer(directory: str | os.PathLike | None):
     """The tokenizer saved by ``save_tokenizer`` in ``directory``; GPT-2's when there is
-    none (or ``directory`` is None, as for GPT-2 checkpoints)."""
+    none (or ``directory`` is None, as for GPT-2 checkpoints). A malformed file is a
+    one-line ValueError naming it."""
     path = Path(directory) / TOKENIZER_FILE if directory is not None else None
     if path is None or not path.is_file():
         return gpt2_encoding()
-    kind = json.loads(path.read_text(encoding="utf-8")).get("type")
-    if kind == "char":
-        return CharTokenizer.load(path)
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not valid JSON: {err}") from None
+    kind = saved.get("type") if isinstance(saved, dict) else None
     if kind == "gpt2":
         return gpt2_encoding()
-    raise ValueError(f"{path}: unknown tokenizer type {kind!r} (expected 'char' or 'gpt2')")
+    if kind != "char":
+        raise ValueError(f"{path}: expected an object with \"type\": \"char\" or \"gpt2\", "
+                         f"got {saved!r:.80}")
+    chars = saved.get("chars")
+    if (not isinstance(chars, list) or not chars or len(set(chars)) != len(chars)
+            or not all(isinstance(c, str) and len(c) == 1 for c in chars)):
+        raise ValueError(f"{path}: \"chars\" must be a list of distinct single characters, "
+                         f"got {chars!r:.80}")
+    return CharTokenizer(chars)

@@ -24,7 +24,7 @@ from safetensors.numpy import load_file, save_file
 from tinygpt import backend
 from tinygpt.config import GPTConfig
 from tinygpt.fileio import atomic_write, atomic_write_text
-from tinygpt.nn.gpt import GPTModel
+from tinygpt.nn.gpt import GPTModel, TransformerBlock
 from tinygpt.nn.layers import uninitialized
 from tinygpt.nn.quantization import quantized_mode
 
@@ -46,15 +46,32 @@ class CheckpointError(ValueError):
 
 # ----------------------------------------------------------------------------- config
 
-def config_from_hf(hf: dict) -> GPTConfig:
-    """A GPTConfig from a Hugging Face GPT-2 config.json dictionary."""
+HF_SIZES = {"vocab_size": "vocab_size", "n_positions": "context_length", "n_embd": "emb_dim",
+            "n_head": "n_heads", "n_layer": "n_layers"}  # config.json field -> GPTConfig field
+
+
+def config_from_hf(hf, source="config.json") -> GPTConfig:
+    """A GPTConfig from a Hugging Face GPT-2 config.json dictionary, each size checked to
+    be a positive integer (``source`` names the file in errors)."""
+    if not isinstance(hf, dict):
+        raise CheckpointError(f"{source} holds a JSON {type(hf).__name__}, expected an object "
+                              "with GPT-2's fields (n_embd, n_layer, ...)")
+    sizes = {}
+    for key, field in HF_SIZES.items():
+        if key not in hf:
+            raise CheckpointError(f"{source} lacks the GPT-2 field {key!r}")
+        value = hf[key]
+        if type(value) is not int or value <= 0:  # also refuses 1e8, "12", true, [12]
+            raise CheckpointError(f"{source}: {key} must be a positive integer, got {value!r}")
+        sizes[field] = value
+    tied = hf.get("tie_word_embeddings", True)
+    if not isinstance(tied, bool):
+        raise CheckpointError(f"{source}: tie_word_embeddings must be true or false, "
+                              f"got {tied!r}")
     try:
-        return GPTConfig(
-            vocab_size=hf["vocab_size"], context_length=hf["n_positions"],
-            emb_dim=hf["n_embd"], n_heads=hf["n_head"], n_layers=hf["n_layer"],
-            drop_rate=0.0, qkv_bias=True, tie_embeddings=hf.get("tie_word_embeddings", True))
-    except KeyError as err:
-        raise CheckpointError(f"config.json lacks the GPT-2 field {err.args[0]!r}") from None
+        return GPTConfig(**sizes, drop_rate=0.0, qkv_bias=True, tie_embeddings=tied)
+    except ValueError as err:  # e.g. n_embd not divisible by n_head
+        raise CheckpointError(f"{source}: {err}") from None
 
 
 def config_to_hf(cfg: GPTConfig) -> dict:
@@ -72,16 +89,36 @@ def config_to_hf(cfg: GPTConfig) -> dict:
     }
 
 
-def _infer_config(tensors: dict) -> GPTConfig:
-    """Architecture from tensor shapes alone (a bare .safetensors file with no config.json).
+# GPT-2's four sizes: (emb_dim, layers) -> heads. Only for these is the head count of a file
+# without config.json known for certain (heads do not show in any tensor's shape).
+GPT2_HEADS = {(768, 12): 12, (1024, 24): 16, (1280, 36): 20, (1600, 48): 25}
 
-    Every GPT-2 size uses heads of 64 dimensions, so n_heads = emb_dim / 64.
-    """
+
+def _infer_config(tensors: dict, source) -> GPTConfig:
+    """Architecture from tensor shapes alone (a bare .safetensors file with no config.json),
+    refused unless it is one of GPT-2's sizes: a wrong head count would load without error
+    and compute a different function."""
+    if "wte.weight" not in tensors or "wpe.weight" not in tensors:
+        raise CheckpointError(f"{source} holds no GPT-2 embeddings (wte.weight, "
+                              "wpe.weight) and there is no config.json beside it")
     vocab, emb = tensors["wte.weight"].shape
-    n_layers = len({k.split(".")[1] for k in tensors if k.startswith("h.")})
+    n_layers = _layer_count(tensors)
+    heads = GPT2_HEADS.get((emb, n_layers))
+    if heads is None:
+        raise CheckpointError(
+            f"{source} has no config.json beside it, and its number of attention heads "
+            f"cannot be read from its tensors (emb_dim {emb}, {n_layers} layers is not one of "
+            "GPT-2's sizes); put the model's config.json beside it")
     return GPTConfig(vocab_size=vocab, context_length=tensors["wpe.weight"].shape[0],
-                     emb_dim=emb, n_heads=max(emb // 64, 1), n_layers=n_layers,
-                     drop_rate=0.0, qkv_bias=True, tie_embeddings="lm_head.weight" not in tensors)
+                     emb_dim=emb, n_heads=heads, n_layers=n_layers, drop_rate=0.0,
+                     qkv_bias=True, tie_embeddings="lm_head.weight" not in tensors)
+
+
+def _layer_count(tensors: dict) -> int:
+    """How many blocks the file holds: one more than the largest i of an ``h.{i}.`` name."""
+    indices = [int(k.split(".")[1]) for k in tensors
+               if k.startswith("h.") and k.split(".")[1].isdigit()]
+    return max(indices, default=-1) + 1
 
 
 # ----------------------------------------------------------------------------- name mapping
@@ -144,26 +181,34 @@ def tinygpt_to_hf(state: dict, cfg: GPTConfig) -> dict:
     return out
 
 
-def expected_hf_shapes(model: GPTModel) -> dict:
-    """The shape of every Hugging Face tensor that ``model`` needs, from its own parameters
-    (biases that ``qkv_bias=False`` leaves out count with the shape GPT-2 gives them)."""
-    shapes = {name: tuple(p.shape) for name, p in model._named_tensors()}
+def expected_hf_shapes(cfg: GPTConfig, n_layers: int) -> dict:
+    """The shape of every Hugging Face tensor of the first ``n_layers`` blocks and the
+    embeddings, for a model of config ``cfg``: the table applied to the shapes of one
+    TransformerBlock's parameters (allocated, never filled)."""
+    C = cfg.emb_dim
+    shapes = {"tok_emb.weight": (cfg.vocab_size, C), "pos_emb.weight": (cfg.context_length, C),
+              "final_norm.scale": (C,), "final_norm.shift": (C,)}
+    with uninitialized():
+        block = TransformerBlock(cfg.replace(qkv_bias=True))  # GPT-2 files always have them
+    for i in range(n_layers):
+        shapes.update({f"trf_blocks.{i}.{name}": tuple(p.shape)
+                       for name, p in block._named_tensors()})
     expected = {}
-    for names, hf_name, transposed in name_table(model.cfg.n_layers):
-        parts = [shapes.get(n, (model.cfg.emb_dim,)) for n in names]
-        parts = [part[::-1] if transposed else part for part in parts]
+    for names, hf_name, transposed in name_table(n_layers):
+        parts = [shapes[n][::-1] if transposed else shapes[n] for n in names]
         expected[hf_name] = parts[0][:-1] + (sum(part[-1] for part in parts),)
-    if not model.weights_tied:
-        expected["lm_head.weight"] = shapes["out_head.weight"]
+    if not cfg.tie_embeddings:
+        expected["lm_head.weight"] = (cfg.vocab_size, C)
     return expected
 
 
-def _check_tensors(tensors: dict, model: GPTModel, source) -> None:
-    """Every tensor ``model`` needs present with the right shape, nothing unexpected."""
-    cfg = model.cfg
-    expected = expected_hf_shapes(model)
+def _check_tensors(tensors: dict, cfg: GPTConfig, source) -> None:
+    """Every tensor the config needs present with the right shape, nothing unexpected, and
+    every weight finite floating point: checked before the model is allocated, so a config
+    claiming 10^8 layers costs nothing (only one block past the file's own is listed)."""
+    expected = expected_hf_shapes(cfg, min(cfg.n_layers, _layer_count(tensors) + 1))
     # Tied checkpoints may or may not store the head; an untied one must.
-    optional = {"lm_head.weight"} if model.weights_tied else set()
+    optional = {"lm_head.weight"} if cfg.tie_embeddings else set()
     missing = [k for k in expected if k not in tensors and k not in optional]
     unexpected = [k for k in tensors if k not in expected and k not in optional]
     wrong = [f"{k} {tuple(tensors[k].shape)} (expected {expected[k]})"
@@ -176,6 +221,19 @@ def _check_tensors(tensors: dict, model: GPTModel, source) -> None:
         raise CheckpointError(f"{source} does not match the GPT-2 config "
                               f"({cfg.n_layers} layers, emb_dim {cfg.emb_dim}, vocab "
                               f"{cfg.vocab_size}): " + "; ".join(problems))
+    check_weight_values(tensors, source)
+
+
+def check_weight_values(tensors: dict, source) -> None:
+    """Refuse integer weights and NaN or infinite values (a diverged or damaged model would
+    otherwise load and generate garbage without an error)."""
+    for name, array in tensors.items():
+        if not numpy.issubdtype(array.dtype, numpy.floating):
+            raise CheckpointError(f"{source}: tensor {name} has dtype {array.dtype}; model "
+                                  "weights must be floating point")
+        if not numpy.isfinite(array).all():
+            raise CheckpointError(f"{source}: tensor {name} holds NaN or infinite values "
+                                  "(a diverged or damaged model)")
 
 
 # ----------------------------------------------------------------------------- reading
@@ -196,6 +254,13 @@ def read_safetensors(path) -> dict:
         if not name.endswith(IGNORED_SUFFIXES):
             tensors[name] = array
     return tensors
+
+
+def _read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path} is not valid JSON: {err}") from None
 
 
 def _resolve(name_or_path) -> tuple[Path, Path | None]:
@@ -228,21 +293,15 @@ def load_hf(name_or_path, dtype="float32") -> GPTModel:
     weights_path, config_path = _resolve(name_or_path)
     tensors = read_safetensors(weights_path)
     if config_path is not None:
-        try:
-            cfg = config_from_hf(json.loads(config_path.read_text()))
-        except json.JSONDecodeError as err:
-            raise CheckpointError(f"{config_path} is not valid JSON: {err}") from None
-    elif "wte.weight" in tensors and "wpe.weight" in tensors:
-        cfg = _infer_config(tensors)
+        cfg = config_from_hf(_read_json(config_path), config_path)
     else:
-        raise CheckpointError(f"{weights_path} holds no GPT-2 embeddings (wte.weight, "
-                              "wpe.weight) and there is no config.json beside it")
+        cfg = _infer_config(tensors, weights_path)
     if cfg.tie_embeddings and "lm_head.weight" in tensors and not numpy.array_equal(
             tensors["lm_head.weight"], tensors["wte.weight"]):
         cfg = cfg.replace(tie_embeddings=False)
+    _check_tensors(tensors, cfg, weights_path)
     with uninitialized():  # every parameter is loaded below: no random draws
         model = GPTModel(cfg)
-    _check_tensors(tensors, model, weights_path)
     if numpy.dtype(dtype) != backend.default_dtype():
         model.to(dtype=dtype)
     model.load_state_dict(hf_to_tinygpt(tensors, cfg))
