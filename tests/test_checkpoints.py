@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy
 import pytest
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 import tinygpt
@@ -95,8 +98,12 @@ def test_a_folder_with_both_kinds_of_weights_is_refused(tmp_path, capsys):
 # the file and what is wrong (issue 14: "also fix" list, items 11 and 12).
 
 def hf_folder(directory) -> Path:
+    """A Hugging Face folder as transformers writes it: config.json beside weights whose
+    metadata is only {"format": "pt"} (save_pretrained also stores the config there)."""
     tinygpt.manual_seed(1)
     save_pretrained(GPTModel(CFG), directory)
+    weights = Path(directory) / "model.safetensors"
+    save_file(load_file(str(weights)), str(weights), metadata={"format": "pt"})
     return Path(directory)
 
 
@@ -235,3 +242,112 @@ def test_non_finite_or_integer_weights_are_refused(tmp_path, capsys, damage):
     save_file(arrays, str(ckpt), metadata=meta)
     err = generate_error(tmp_path / "run", capsys)
     assert str(ckpt) in err and "pos_emb.weight" in err
+
+
+# ----------------------------------------------------------------------------- writing
+
+def test_disk_full_while_checkpointing_is_one_line_naming_the_file(tmp_path, capsys,
+                                                                    monkeypatch):
+    """A full disk made safetensors raise SafetensorError, which escaped as a traceback."""
+    from tinygpt import checkpoints
+
+    def full_disk(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoints, "save_file", full_disk)
+    (tmp_path / "input.txt").write_text(TEXT * 20)
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(tmp_path / "input.txt"), "--config", "baby", "--out",
+                 str(out), "--max-steps", "2", "--batch-size", "2", "--context-length", "8",
+                 "--eval-every", "2", "--eval-iters", "1", "--warmup-steps", "0"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the progress bar)
+    message = err[err.index("error: "):]
+    assert message == (f"error: could not write {out / CHECKPOINT_NAME}: No space left on "
+                       "device (os error 28)")
+    assert not any(p.name.endswith(".tmp") for p in out.iterdir())  # no half-written file
+
+
+def test_save_pretrained_interrupted_between_its_two_renames_loads_the_new_model(
+        tmp_path, monkeypatch):
+    """issue 14 item 8: weights and config.json were renamed one after the other; a
+    failure between them left weights of one model beside the config of another, which
+    loaded neither. The weights now carry their config, and are renamed first."""
+    from tinygpt import fileio
+
+    directory = tmp_path / "model"
+    tinygpt.manual_seed(1)
+    save_pretrained(GPTModel(CFG), directory)
+    tinygpt.manual_seed(2)
+    new = GPTModel(CFG.replace(context_length=12, n_layers=2)).eval()
+    real_replace = fileio.os.replace
+
+    def crash_before_config(src, dst):
+        if Path(dst).name == "config.json":
+            raise OSError("killed between the renames (simulated)")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(fileio.os, "replace", crash_before_config)
+    with pytest.raises(OSError, match="simulated"):
+        save_pretrained(new, directory)
+    monkeypatch.undo()
+    assert json.loads((directory / "config.json").read_text())["n_layer"] == 1  # the old one
+    ids = numpy.array([[1, 2, 3, 4]])
+    numpy.testing.assert_allclose(load_gpt2(directory)(ids).numpy(), new(ids).numpy(),
+                                  rtol=1e-6, atol=1e-6)
+
+
+def test_writes_are_flushed_to_disk_before_and_after_the_rename(tmp_path, monkeypatch):
+    """issue 14 item 8: fsync the file before renaming it, then the folder."""
+    from tinygpt import fileio
+
+    events = []
+    real_fsync, real_replace = fileio.os.fsync, fileio.os.replace
+    monkeypatch.setattr(fileio.os, "fsync", lambda fd: events.append(
+        ("fsync", Path(os.readlink(f"/proc/self/fd/{fd}")).name)) or real_fsync(fd))
+    monkeypatch.setattr(fileio.os, "replace", lambda src, dst: events.append(
+        ("replace", Path(dst).name)) or real_replace(src, dst))
+    fileio.atomic_write_text(tmp_path / "a.json", "{}")
+    assert [e[0] for e in events] == ["fsync", "replace", "fsync"]
+    assert events[0][1].startswith(".a.json.") and events[2][1] == tmp_path.name
+
+
+KILLED_WRITER = """
+import sys, time
+from pathlib import Path
+from tinygpt.fileio import atomic_write
+
+def write(tmp):
+    Path(tmp).write_bytes(b"x" * 4096)
+    print("writing", flush=True)
+    time.sleep(60)
+
+atomic_write(Path(sys.argv[1]) / "checkpoint.safetensors", write)
+"""
+
+
+def test_temporaries_of_killed_writes_are_cleaned_on_the_next_write(tmp_path):
+    """issue 14 item 9: a SIGKILLed write left its temporary file forever (12 x 43 MB after
+    30 kills). The next write into the folder removes those of dead writers, and leaves a
+    live writer's alone."""
+    from tinygpt import fileio
+
+    def start_writer():
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(tmp_path)],
+                                stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline().strip() == "writing"
+        return proc
+
+    killed, alive = start_writer(), start_writer()
+    try:
+        killed.kill()
+        killed.wait()
+        temporaries = sorted(p.name for p in tmp_path.glob(".*.tmp"))
+        assert len(temporaries) == 2
+        fileio.atomic_write_text(tmp_path / "tokenizer.json", "{}")
+        left = [p.name for p in tmp_path.glob(".*.tmp")]
+        assert left == [f".checkpoint.safetensors.{alive.pid}." + left[0].split(".")[-2]
+                        + ".tmp"]
+    finally:
+        alive.kill()
+        alive.wait()

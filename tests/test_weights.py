@@ -31,7 +31,7 @@ transformers = pytest.importorskip("transformers")
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
 
 import tinygpt  # noqa: E402
-from tinygpt import weights  # noqa: E402
+from tinygpt import fileio, weights  # noqa: E402
 from tinygpt.checkpoints import load_gpt2  # noqa: E402
 from tinygpt.config import GPTConfig  # noqa: E402
 from tinygpt.nn.gpt import GPTModel  # noqa: E402
@@ -466,10 +466,10 @@ def test_atomic_write_on_interrupt(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        weights.atomic_write(target, interrupted)
+        fileio.atomic_write(target, interrupted)
     assert [p.name for p in tmp_path.iterdir()] == ["file.txt"]
     assert target.read_text() == "old"
-    weights.atomic_write(target, lambda tmp: Path(tmp).write_text("new"))
+    fileio.atomic_write(target, lambda tmp: Path(tmp).write_text("new"))
     assert target.read_text() == "new"
 
 

@@ -92,7 +92,10 @@ def save_checkpoint(path, model, optimizer_state: dict, step: int, history: dict
         "step": str(step),
         "tied_keys": json.dumps(tied),
     }
-    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+    try:
+        atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata=meta))
+    except (SafetensorError, OSError) as err:  # e.g. the disk is full: one line, the file
+        raise OSError(f"could not write {path}: {err}") from None
     return Path(path)
 
 

@@ -18,12 +18,12 @@ import json
 from pathlib import Path
 
 import numpy
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import load_file, save_file
 
 from tinygpt import backend
 from tinygpt.config import GPTConfig
-from tinygpt.fileio import atomic_write, atomic_write_text
+from tinygpt.fileio import atomic_path
 from tinygpt.nn.gpt import GPTModel, TransformerBlock
 from tinygpt.nn.layers import uninitialized
 from tinygpt.nn.quantization import quantized_mode
@@ -256,6 +256,20 @@ def read_safetensors(path) -> dict:
     return tensors
 
 
+def _embedded_config(path):
+    """The config.json dictionary that save_pretrained stores in the file's metadata, or
+    None (files written by transformers or the hub have none)."""
+    with safe_open(str(path), framework="numpy") as handle:
+        text = (handle.metadata() or {}).get("config")
+    if text is None:
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: the config in its metadata is not valid JSON: "
+                              f"{err}") from None
+
+
 def _read_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
@@ -292,7 +306,10 @@ def load_hf(name_or_path, dtype="float32") -> GPTModel:
     (``tinygpt.load_gpt2`` takes these and tinygpt's own checkpoints too.)"""
     weights_path, config_path = _resolve(name_or_path)
     tensors = read_safetensors(weights_path)
-    if config_path is not None:
+    embedded = _embedded_config(weights_path)
+    if embedded is not None:  # written by save_pretrained: always matches its tensors
+        cfg = config_from_hf(embedded, f"{weights_path} (the config in its metadata)")
+    elif config_path is not None:
         cfg = config_from_hf(_read_json(config_path), config_path)
     else:
         cfg = _infer_config(tensors, weights_path)
@@ -326,10 +343,17 @@ def save_pretrained(model: GPTModel, directory) -> Path:
                for k, v in tinygpt_to_hf(state, cfg).items()}
     if not model.weights_tied:
         tensors["lm_head.weight"] = state["out_head.weight"]
-    config = config_to_hf(cfg.replace(tie_embeddings=model.weights_tied))
-    atomic_write(directory / HF_WEIGHTS,
-                 lambda tmp: save_file(tensors, tmp, metadata={"format": "pt"}))
-    atomic_write_text(directory / "config.json", json.dumps(config, indent=2))
+    config = json.dumps(config_to_hf(cfg.replace(tie_embeddings=model.weights_tied)), indent=2)
+    # Both files are written completely before either is renamed into place: the weights
+    # first, then config.json. The weights carry the same config in their metadata, which
+    # load_hf prefers, so a crash between the two renames still loads the new model.
+    try:
+        with atomic_path(directory / HF_CONFIG) as config_tmp:
+            Path(config_tmp).write_text(config, encoding="utf-8")
+            with atomic_path(directory / HF_WEIGHTS) as weights_tmp:
+                save_file(tensors, weights_tmp, metadata={"format": "pt", "config": config})
+    except (SafetensorError, OSError) as err:  # e.g. the disk is full
+        raise OSError(f"could not write {directory / HF_WEIGHTS}: {err}") from None
     return directory
 
 
