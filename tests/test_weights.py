@@ -490,6 +490,7 @@ class HubStandIn(http.server.ThreadingHTTPServer):
         super().__init__(("127.0.0.1", 0), _HubHandler)
         self.files = files  # {(repo_id, filename): bytes}
         self.status = 200
+        self.truncate = False  # True: bodies stop halfway, the connection closes
         self.requests = []
         self.lock = threading.Lock()
 
@@ -542,7 +543,11 @@ class _HubHandler(http.server.BaseHTTPRequestHandler):
         self.send_header("X-Repo-Commit", COMMIT)
         self.send_header("Accept-Ranges", "bytes")
         self.end_headers()
-        if with_body:
+        if with_body and hub.truncate and len(found) > 1000:
+            self.wfile.write(found[:len(found) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+        elif with_body:
             self.wfile.write(found)
 
     def do_HEAD(self):
@@ -598,15 +603,67 @@ LOAD_SCRIPT = textwrap.dedent("""
 """)
 
 
-def run_load(endpoint, hf_home, out):
-    """load_gpt2('gpt2') in a fresh interpreter whose hub is ``endpoint``."""
+def hub_env(endpoint, hf_home, **extra):
+    """The environment of a fresh interpreter whose hub is ``endpoint`` and cache ``hf_home``."""
     env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "TRANSFORMERS_OFFLINE"}
+           if not k.startswith(("HF_", "HUGGINGFACE_")) and k != "TRANSFORMERS_OFFLINE"
+           and k.lower() not in ("https_proxy", "all_proxy", "http_proxy")}
     env.update(HF_ENDPOINT=endpoint, HF_HOME=str(hf_home), HF_HUB_CACHE=str(hf_home / "hub"),
                HF_HUB_DISABLE_TELEMETRY="1", HF_HUB_DISABLE_PROGRESS_BARS="1",
                HF_HUB_DISABLE_IMPLICIT_TOKEN="1", HF_HUB_ETAG_TIMEOUT="5",
-               PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(out)], env=env,
+               PYTHONPATH=str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", ""), **extra)
+    return env
+
+
+def run_generate(endpoint, hf_home, **extra):
+    """`python -m tinygpt generate "Hello" --model gpt2`, as a newcomer types it."""
+    return subprocess.run(
+        [sys.executable, "-m", "tinygpt", "generate", "Hello", "--model", "gpt2",
+         "--max-new-tokens", "2"], env=hub_env(endpoint, hf_home, **extra), cwd=REPO_ROOT,
+        capture_output=True, text=True, timeout=120)
+
+
+def closed_port() -> int:
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_offline_generate_fails_fast_in_one_line_naming_model_dir(tmp_path):
+    """issue 15 item 5: offline, `tinygpt generate --model gpt2` printed 12 retry lines over
+    23 s, then a long error. Now one line that says what to do."""
+    result = run_generate(f"http://127.0.0.1:{closed_port()}", tmp_path / "hf-home")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "cannot reach the Hugging Face hub" in lines[0] and "--model DIR" in lines[0]
+
+
+def test_hf_hub_offline_is_honoured_without_touching_the_network(hub, tmp_path):
+    result = run_generate(hub.endpoint, tmp_path / "hf-home", HF_HUB_OFFLINE="1")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "HF_HUB_OFFLINE is set" in lines[0] and "--model DIR" in lines[0]
+    assert hub.requests == []
+
+
+def test_a_cached_model_loads_offline(hub, tmp_path):
+    """Once downloaded, gpt2 loads with the network gone (and with HF_HUB_OFFLINE)."""
+    hf_home = tmp_path / "hf-home"
+    assert run_load(hub.endpoint, hf_home, tmp_path / "a.npy").returncode == 0
+    requests = len(hub.requests)
+    offline = run_load(f"http://127.0.0.1:{closed_port()}", hf_home, tmp_path / "b.npy")
+    assert offline.returncode == 0, offline.stdout + offline.stderr
+    numpy.testing.assert_array_equal(numpy.load(tmp_path / "a.npy"),
+                                     numpy.load(tmp_path / "b.npy"))
+    assert len(hub.requests) == requests
+
+
+def run_load(endpoint, hf_home, out):
+    """load_gpt2('gpt2') in a fresh interpreter whose hub is ``endpoint``."""
+    return subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(out)],
+                          env=hub_env(endpoint, hf_home),
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
 
 
@@ -652,10 +709,23 @@ def test_download_of_a_file_the_hub_lacks(hub, tmp_path):
     assert "404" in result.stdout
 
 
+def test_truncated_download_is_one_line_and_not_kept(hub, tmp_path):
+    """A connection that drops halfway through model.safetensors: one line naming the file
+    (not a traceback), nothing half-downloaded used; the next try downloads it whole."""
+    hub.truncate = True
+    hf_home = tmp_path / "hf-home"
+    result = run_load(hub.endpoint, hf_home, tmp_path / "x.npy")
+    assert result.returncode == 3, result.stdout + result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1 and "could not download model.safetensors of gpt2" in lines[0]
+    assert "Traceback" not in result.stderr and "Trying to resume" not in result.stderr
+    hub.truncate = False
+    again = run_load(hub.endpoint, hf_home, tmp_path / "x.npy")
+    assert again.returncode == 0, again.stdout + again.stderr
+
+
 def test_download_with_no_server(tmp_path):
-    with socket.socket() as s:  # a port that nothing listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = closed_port()
     result = run_load(f"http://127.0.0.1:{port}", tmp_path / "hf-home", tmp_path / "x.npy")
     assert result.returncode == 3, result.stdout + result.stderr
     assert "could not download config.json of gpt2" in result.stdout

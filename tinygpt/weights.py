@@ -15,6 +15,9 @@ file cannot run code), and every write goes to a temporary name first, then is r
 from __future__ import annotations
 
 import json
+import os
+import socket
+import urllib.parse
 from pathlib import Path
 
 import numpy
@@ -364,27 +367,75 @@ def _host(array):
 
 # ----------------------------------------------------------------------------- downloading
 
+LOCAL_HINT = ("pass a local directory instead (--model DIR): one holding config.json and "
+              "model.safetensors, or one written by `tinygpt train`")
+
+
 def download_gpt2(name: str) -> Path:
-    """Download (once; later calls hit the cache) a GPT-2 checkpoint from the Hugging Face
-    hub and return its local directory. ``HF_ENDPOINT`` and ``HF_HOME`` are honoured;
-    ``huggingface_hub`` resumes interrupted downloads and shows progress."""
+    """The local directory of a GPT-2 checkpoint from the Hugging Face hub, downloaded once
+    (later calls read the cache without touching the network). ``HF_ENDPOINT``, ``HF_HOME``
+    and ``HF_HUB_OFFLINE`` are honoured. Offline, this fails at once with one line instead
+    of the hub client's retries: the endpoint is probed with one short connection first."""
     if name not in HUB_REPOS:
         raise CheckpointError(f"unknown GPT-2 model {name!r}; expected one of: "
                               + ", ".join(HUB_REPOS))
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    from huggingface_hub import constants, hf_hub_download
 
-    paths = []
-    for filename in HUB_FILES:
-        try:
-            paths.append(Path(hf_hub_download(HUB_REPOS[name], filename)))
-        except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as err:
-            reason = str(err).strip().rstrip(".")
-            if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
-                # "not in the cache" hides why the hub failed: its status or socket error
-                reason += f" (because: {str(err.__cause__).strip().rstrip('.')})"
-            raise CheckpointError(
-                f"could not download {filename} of {name} from the Hugging Face hub "
-                f"({HUB_REPOS[name]}): {reason}. Check the network, or pass a local "
-                "directory holding config.json and model.safetensors") from None
+    cached = _cached_files(HUB_REPOS[name])
+    if cached is not None:
+        return cached
+    if constants.HF_HUB_OFFLINE:
+        raise CheckpointError(f"{name} is not in the Hugging Face cache ({constants.HF_HUB_CACHE})"
+                              f" and HF_HUB_OFFLINE is set, so it cannot be downloaded; "
+                              + LOCAL_HINT)
+    _probe(constants.ENDPOINT, name)
+    paths = [_download(hf_hub_download, name, filename) for filename in HUB_FILES]
     return paths[0].parent
+
+
+def _cached_files(repo) -> Path | None:
+    """The cached snapshot directory holding both files of ``repo``, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    paths = [try_to_load_from_cache(repo, filename) for filename in HUB_FILES]
+    if all(isinstance(p, str) for p in paths):
+        return Path(paths[0]).parent
+    return None
+
+
+def _probe(endpoint: str, name: str, timeout=3.0) -> None:
+    """Fail fast when the hub cannot be reached: one TCP connection, ``timeout`` seconds.
+    Skipped behind a proxy (the direct route may be closed while the proxy works)."""
+    if any(os.environ.get(k) for k in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return
+    url = urllib.parse.urlsplit(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as err:
+        raise CheckpointError(
+            f"could not download config.json of {name}: cannot reach the Hugging Face hub "
+            f"at {endpoint} ({err.strerror or err}), and {name} is not in the cache. Check "
+            "the network, or " + LOCAL_HINT) from None
+
+
+def _download(hf_hub_download, name, filename) -> Path:
+    """One file through huggingface_hub, any failure turned into one line (its retry
+    warnings are silenced: the error says what happened)."""
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import logging as hub_logging
+
+    verbosity = hub_logging.get_verbosity()
+    hub_logging.set_verbosity_error()
+    try:
+        return Path(hf_hub_download(HUB_REPOS[name], filename))
+    except Exception as err:  # HTTP status, socket, protocol (a body cut short), disk: all
+        reason = " ".join(str(err).split()).rstrip(".")  # mean "could not download"
+        if isinstance(err, LocalEntryNotFoundError) and err.__cause__ is not None:
+            # "not in the cache" hides why the hub failed: its status or socket error
+            reason += f" (because: {' '.join(str(err.__cause__).split()).rstrip('.')})"
+        raise CheckpointError(
+            f"could not download {filename} of {name} from the Hugging Face hub "
+            f"({HUB_REPOS[name]}): {reason}. Check the network, or " + LOCAL_HINT) from None
+    finally:
+        hub_logging.set_verbosity(verbosity)
