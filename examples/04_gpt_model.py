@@ -15,17 +15,13 @@ import numpy
 import tinygpt
 from tinygpt.config import PRESETS
 from tinygpt.nn import GPTModel
+from tinygpt.tokenizer import gpt2_encoding
 
 TEXTS = ["Every effort moves you", "Every day holds a"]
-FALLBACK_IDS = [[6109, 3626, 6100, 345], [6109, 1110, 6622, 257]]  # GPT-2 ids of TEXTS
 
 
 def encode_texts():
-    try:
-        from tinygpt.tokenizer import gpt2_encoding
-    except ImportError:
-        print("(tinygpt.tokenizer not available: using the texts' known GPT-2 ids)")
-        return numpy.array(FALLBACK_IDS)
+    """The book's batch: GPT-2 ids of TEXTS, (2, 4)."""
     encoding = gpt2_encoding()
     return numpy.array([encoding.encode(text) for text in TEXTS])
 
