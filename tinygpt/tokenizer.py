@@ -67,9 +67,4 @@ def load_tokenizer(directory: str | os.PathLike | None):
     if kind != "char":
         raise ValueError(f"{path}: expected an object with \"type\": \"char\" or \"gpt2\", "
                          f"got {saved!r:.80}")
-    chars = saved.get("chars")
-    if (not isinstance(chars, list) or not chars or len(set(chars)) != len(chars)
-            or not all(isinstance(c, str) and len(c) == 1 for c in chars)):
-        raise ValueError(f"{path}: \"chars\" must be a list of distinct single characters, "
-                         f"got {chars!r:.80}")
-    return CharTokenizer(chars)
+    return CharTokenizer.from_saved(saved, path)

@@ -42,4 +42,20 @@ class CharTokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> CharTokenizer:
-        return cls(json.loads(Path(path).read_text(encoding="utf-8"))["chars"])
+        """The tokenizer ``save`` wrote; a malformed file is a ValueError naming it."""
+        try:
+            saved = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON: {err}") from None
+        return cls.from_saved(saved, path)
+
+    @classmethod
+    def from_saved(cls, saved, source) -> CharTokenizer:
+        """The tokenizer from the parsed contents of its file, checked (``source`` names
+        the file in errors)."""
+        chars = saved.get("chars") if isinstance(saved, dict) else None
+        if (not isinstance(chars, list) or not chars or len(set(chars)) != len(chars)
+                or not all(isinstance(c, str) and len(c) == 1 for c in chars)):
+            raise ValueError(f"{source}: \"chars\" must be a list of distinct single "
+                             f"characters, got {chars!r:.80}")
+        return cls(chars)
