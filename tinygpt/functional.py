@@ -21,7 +21,7 @@ from tinygpt.tensor import Tensor, _require_float, _same_backend, log_softmax, s
 
 __all__ = [
     "cross_entropy", "dropout", "dropout_mask", "embedding", "gelu", "layer_norm", "linear",
-    "log_softmax", "scaled_dot_product_attention", "softmax",
+    "log_softmax", "relu", "scaled_dot_product_attention", "softmax",
 ]
 
 
@@ -66,6 +66,11 @@ def cross_entropy(logits, targets, ignore_index=-100) -> Tensor:
 
 
 # ----------------------------------------------------------------------------- GELU
+
+def relu(x) -> Tensor:
+    """max(x, 0) elementwise (``torch.nn.functional.relu``, the book's spelling)."""
+    return _tensor(x).relu()
+
 
 def gelu(x) -> Tensor:
     """GELU with GPT-2's tanh approximation."""

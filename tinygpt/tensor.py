@@ -23,6 +23,8 @@ small ``backward(g)`` returns one gradient per parent, where ``g`` is dLoss/dout
 from __future__ import annotations
 
 import contextlib
+import functools
+import math
 import numbers
 
 import numpy
@@ -144,6 +146,35 @@ def _graph_freed(g):
                        "backward(retain_graph=True) to backpropagate twice")
 
 
+def accepts_dim(function):
+    """Let ``function`` take PyTorch's ``dim=`` (the book's spelling) as well as NumPy's
+    ``axis=``: they name the same thing, so ``x.sum(dim=0)`` is ``x.sum(axis=0)``."""
+
+    @functools.wraps(function)
+    def with_dim(*args, dim=None, **kwargs):
+        if dim is not None:
+            if kwargs.get("axis") is not None:
+                raise TypeError(f"{function.__name__}: give axis= or dim=, not both")
+            kwargs["axis"] = dim
+        return function(*args, **kwargs)
+
+    return with_dim
+
+
+class Size(int):
+    """A tensor's element count (NumPy's ``a.size``, an int) that can also be called as
+    PyTorch's ``x.size()`` (the shape) and ``x.size(dim)`` (one dimension's length), so
+    both the NumPy and the book's spelling work."""
+
+    def __new__(cls, shape):
+        size = super().__new__(cls, math.prod(shape))
+        size.shape = tuple(shape)
+        return size
+
+    def __call__(self, dim=None):
+        return self.shape if dim is None else self.shape[dim]
+
+
 class Tensor:
     """An array with an optional gradient and the graph edges that produced it."""
 
@@ -178,8 +209,8 @@ class Tensor:
         return self.data.ndim
 
     @property
-    def size(self):
-        return self.data.size
+    def size(self) -> Size:
+        return Size(self.shape)
 
     @property
     def device(self) -> str:
@@ -520,6 +551,7 @@ class Tensor:
 
     # ------------------------------------------------------------------ reductions
 
+    @accepts_dim
     def sum(self, axis=None, keepdims=False):
         out = Tensor._make(self.data.sum(axis=axis, keepdims=keepdims), (self,), "sum")
 
@@ -538,15 +570,18 @@ class Tensor:
         axes = (axis,) if isinstance(axis, int) else axis
         return int(numpy.prod([self.shape[a] for a in axes]))
 
+    @accepts_dim
     def mean(self, axis=None, keepdims=False):
         return self.sum(axis=axis, keepdims=keepdims) * (1.0 / self._count(axis))
 
+    @accepts_dim
     def var(self, axis=None, keepdims=False, correction=0):
         """Variance (biased by default, correction=0, as LayerNorm uses)."""
         centered = self - self.mean(axis=axis, keepdims=True)
         n = self._count(axis)
         return (centered * centered).sum(axis=axis, keepdims=keepdims) * (1.0 / (n - correction))
 
+    @accepts_dim
     def max(self, axis=None, keepdims=False):
         """Maximum; the gradient goes to the maximal elements (split evenly on ties)."""
         xp = backend.xp()
@@ -564,6 +599,7 @@ class Tensor:
         out._set_backward(backward)
         return out
 
+    @accepts_dim
     def argmax(self, axis=None):
         return Tensor(self.data.argmax(axis=axis))
 
@@ -582,8 +618,12 @@ class Tensor:
 
     view = reshape
 
-    def flatten(self, start_dim=0):
-        return self.reshape(self.shape[:start_dim] + (-1,))
+    def flatten(self, start_dim=0, end_dim=-1):
+        """Merge dimensions ``start_dim`` to ``end_dim`` into one, as PyTorch's flatten:
+        ``logits.flatten(0, 1)`` turns (B, T, V) into (B*T, V)."""
+        ndim = max(self.ndim, 1)
+        start, end = start_dim % ndim, end_dim % ndim
+        return self.reshape(self.shape[:start] + (-1,) + self.shape[end + 1:])
 
     def permute(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
@@ -602,9 +642,11 @@ class Tensor:
     def T(self):
         return self.permute(tuple(reversed(range(self.ndim))))
 
+    @accepts_dim
     def unsqueeze(self, axis):
         return self.reshape(backend.xp().expand_dims(self.data, axis).shape)
 
+    @accepts_dim
     def squeeze(self, axis=None):
         return self.reshape(backend.xp().squeeze(self.data, axis).shape)
 
@@ -645,9 +687,11 @@ class Tensor:
         return split(self, sections, axis)
 
     # Method forms of the two ops most often chained in model code (defined below).
+    @accepts_dim
     def softmax(self, axis=-1):
         return softmax(self, axis=axis)
 
+    @accepts_dim
     def log_softmax(self, axis=-1):
         return log_softmax(self, axis=axis)
 
@@ -667,6 +711,7 @@ def _along_axis(fn, axis, *arrays):
     return xp.moveaxis(fn(*moved), -1, axis)
 
 
+@accepts_dim
 def softmax(x, axis=-1) -> Tensor:
     """Softmax along ``axis``; backward: dx = y * (dy - sum(dy * y))."""
     x = x if isinstance(x, Tensor) else Tensor(x)
@@ -677,6 +722,7 @@ def softmax(x, axis=-1) -> Tensor:
     return out
 
 
+@accepts_dim
 def log_softmax(x, axis=-1) -> Tensor:
     """log(softmax(x)) computed stably; backward: dx = dy - softmax(x) * sum(dy)."""
     x = x if isinstance(x, Tensor) else Tensor(x)
@@ -701,6 +747,7 @@ def _same_backend(tensors, op):
         raise TypeError(f"{op}: tensors on different backends {names}; move them with .to()")
 
 
+@accepts_dim
 def concatenate(tensors, axis=0) -> Tensor:
     """Join tensors along an existing axis; backward slices g back into pieces."""
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
@@ -720,6 +767,7 @@ def concatenate(tensors, axis=0) -> Tensor:
 cat = concatenate
 
 
+@accepts_dim
 def stack(tensors, axis=0) -> Tensor:
     """Join tensors along a new axis."""
     tensors = [t if isinstance(t, Tensor) else Tensor(t) for t in tensors]
@@ -730,6 +778,7 @@ def stack(tensors, axis=0) -> Tensor:
     return concatenate([t.unsqueeze(axis) for t in tensors], axis=axis)
 
 
+@accepts_dim
 def split(x: Tensor, sections, axis=-1):
     """Split into pieces: ``sections`` is a count of equal pieces or a list of sizes."""
     size = x.shape[axis]

@@ -52,7 +52,9 @@ class TransformerBlock(Module):
 class GPTModel(Module):
     """GPT-2. ``model(ids)`` maps token ids (B, T) to next-token logits (B, T, vocab)."""
 
-    def __init__(self, cfg: GPTConfig):
+    def __init__(self, cfg: GPTConfig | dict):
+        # The book passes a dict (GPT_CONFIG_124M); its keys are GPTConfig's fields.
+        cfg = GPTConfig(**cfg) if isinstance(cfg, dict) else cfg
         self.cfg = cfg
         self.tok_emb = Embedding(cfg.vocab_size, cfg.emb_dim)
         self.pos_emb = Embedding(cfg.context_length, cfg.emb_dim)
