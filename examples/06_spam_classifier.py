@@ -78,7 +78,12 @@ def main(argv=None):
     parser.add_argument("--dropout", type=float, default=0.0, help="scratch: dropout rate")
     args = parser.parse_args(argv)
 
-    data = Path(args.data) if args.data else download_sms_spam()
+    try:
+        data = Path(args.data) if args.data else download_sms_spam()
+    except (OSError, RuntimeError) as err:  # offline: say where the file comes from
+        raise SystemExit(f"error: could not download the SMS Spam Collection ({err}); pass "
+                         "--data PATH, the SMSSpamCollection file from "
+                         "https://archive.ics.uci.edu/dataset/228/sms+spam+collection") from None
     train, val, test = sms_spam_splits(data, seed=args.seed)
     scratch = is_scratch(args.model)
     try:

@@ -75,7 +75,11 @@ def main(argv=None):
 
     from tinygpt.download import fetch_data
 
-    data = fetch_data(DATA_URL, args.data)
+    try:
+        data = fetch_data(DATA_URL, args.data)
+    except (OSError, RuntimeError) as err:  # offline, or a --data that is not there
+        raise SystemExit(f"error: no instruction data ({err}); pass --data PATH, the book's "
+                         f"instruction-data.json from {DATA_URL}") from None
     lr = args.lr if args.lr is not None else (1e-3 if is_scratch(args.model) else 5e-5)
     judge = (JudgeSettings(args.judge_url, args.judge_api, args.judge_model)
              if args.judge_url else None)
@@ -86,7 +90,8 @@ def main(argv=None):
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         max_new_tokens=args.max_new_tokens, num_test=args.num_test,
         eval_every=args.eval_every, eval_iters=args.eval_iters, seed=args.seed, judge=judge)
-    print(f"data: {data}\nmodel: {args.model}, lr {lr}, {args.epochs} epoch{'s' if args.epochs != 1 else ''}, "
+    epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
+    print(f"data: {data}\nmodel: {args.model}, lr {lr}, {epochs}, "
           f"batch size {args.batch_size}\n" + "-" * 50)
     start = time.perf_counter()
     run_instruction_finetuning(cfg)

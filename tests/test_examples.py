@@ -33,3 +33,28 @@ def test_the_shakespeare_example_trains_on_the_bundled_text(tmp_path, monkeypatc
     assert "1,115,394 characters" in text  # Tiny Shakespeare, as nanoGPT counts it
     assert (out / "checkpoint.safetensors").is_file() and (out / "losses.png").is_file()
     assert text.rstrip().splitlines()[-1].startswith("ROMEO:")
+
+
+@pytest.mark.parametrize("example, url_at, message", [
+    ("07_instruction_finetune.py", ("tinygpt.finetune.alpaca", "DATA_URL"),
+     "error: no instruction data"),
+    ("06_spam_classifier.py", ("tinygpt.finetune.classify.data", "SMS_SPAM_URL"),
+     "error: could not download the SMS Spam Collection"),
+])
+def test_fine_tuning_examples_offline_say_to_pass_data(example, url_at, message, tmp_path,
+                                                       monkeypatch, capsys):
+    import importlib
+
+    import tinygpt.download
+
+    # Offline: the data's address refuses connections, and nothing is cached yet.
+    monkeypatch.setattr(importlib.import_module(url_at[0]), url_at[1],
+                        "http://127.0.0.1:9/not-downloaded-in-tests")
+    monkeypatch.setattr(tinygpt.download, "DEFAULT_CACHE_DIR", tmp_path / "cache")
+    path = EXAMPLES[[p.name for p in EXAMPLES].index(example)]
+    with pytest.raises(SystemExit) as exit_:
+        run_example(path, "--model", "scratch", "--out", str(tmp_path / "out"),
+                    monkeypatch=monkeypatch)
+    text = str(exit_.value.code)
+    assert text.startswith(message) and "pass --data PATH" in text
+    assert len(text.splitlines()) == 1
