@@ -239,6 +239,18 @@ def test_quantized_model_refuses_backward_and_optimizers(hf, tmp_path):
         AdamW(model.parameters())
 
 
+def test_training_a_quantized_model_is_refused(hf, tmp_path):
+    from tinygpt.data import RandomWindows
+    from tinygpt.train import TrainConfig, train
+
+    model = quantize(tinygpt_model(hf, tmp_path), "int8")
+    tokens = np.arange(100) % SMALL["vocab_size"]
+    batches = RandomWindows(tokens, tokens, batch_size=2, context_length=8)
+    # refused by the optimizer or, when the loop leaves frozen weights out of it, at backward
+    with pytest.raises((RuntimeError, ValueError), match="quantized .*is for inference only"):
+        train(model, batches, TrainConfig(max_steps=1, warmup_steps=0), progress=False)
+
+
 def test_quantize_bad_input(hf, tmp_path):
     model = tinygpt_model(hf, tmp_path)
     with pytest.raises(ValueError, match="mode must be one of int8, bfloat16; got 'int4'"):
@@ -290,3 +302,24 @@ def test_save_pretrained_refuses_a_quantized_model(hf, tmp_path):
     with pytest.raises(ValueError, match="save_pretrained: the model is quantized \\(int8\\)"):
         tinygpt.save_pretrained(model, tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+# ----------------------------------------------------------------------------- the command
+
+def test_generate_command_quantizes(tmp_path, capsys):
+    from tinygpt.cli import main
+    from tinygpt.tokenizer import gpt2_encoding
+
+    torch.manual_seed(2)
+    config = transformers.GPT2Config(n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    capsys.readouterr()
+    assert main(["generate", "Every effort", "--model", str(tmp_path), "--quantize", "int8",
+                 "--max-new-tokens", "6"]) == 0
+    encoding = gpt2_encoding()
+    prompt = encoding.encode("Every effort")
+    expected = tinygpt.generate(tinygpt.load_gpt2(tmp_path, quantize="int8"), prompt, 6)
+    assert capsys.readouterr().out == encoding.decode(expected[0].tolist()) + "\n"
+    with pytest.raises(SystemExit):
+        main(["generate", "hi", "--model", str(tmp_path), "--quantize", "int4"])
+    assert "argument --quantize: invalid choice: 'int4'" in capsys.readouterr().err

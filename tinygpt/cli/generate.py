@@ -5,6 +5,7 @@ from __future__ import annotations
 from tinygpt import backend
 from tinygpt.cli.options import (
     add_model_option,
+    add_quantize_option,
     add_sampling_options,
     add_seed_option,
     warn_about_unused_sampling,
@@ -19,7 +20,7 @@ def cmd_generate(args):
     warn_about_unused_sampling(args)
     if args.seed is not None:
         backend.manual_seed(args.seed)
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_model(args.model, quantize=args.quantize)
     ids = tokenizer.encode(args.prompt, allowed_special={ENDOFTEXT})
     if not ids:
         raise SystemExit("error: the prompt is empty")
@@ -47,6 +48,7 @@ def add_parser(sub, formatter):
                                    "are generated.")
     p.add_argument("prompt", help="the text to continue")
     add_model_option(p, default="gpt2")
+    add_quantize_option(p)
     add_sampling_options(p, max_new_tokens=50)
     add_seed_option(p, what="random seed for reproducible samples")
     p.add_argument("--no-cache", action="store_true",

@@ -95,6 +95,14 @@ def warn_about_unused_sampling(args, write=None) -> None:
                       "decoding); give a temperature above 0, e.g. 0.8, to sample")
 
 
+def add_quantize_option(p):
+    """``--quantize int8|bfloat16``: the weights stored small, for faster inference."""
+    p.add_argument("--quantize", choices=("int8", "bfloat16"), default=None,
+                   help="store the weights in int8 or bfloat16 (tinygpt.nn.quantize): a "
+                        "quarter or half of the bytes per token, so faster generation, with "
+                        "slightly different numbers; inference only")
+
+
 def add_seed_option(p, default=None, what="random seed"):
     """``--seed``."""
     p.add_argument("--seed", type=int, default=default, help=what)
