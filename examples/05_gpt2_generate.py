@@ -25,20 +25,24 @@ import numpy
 
 import tinygpt
 from tinygpt.checkpoints import load_model
+from tinygpt.cli.options import (
+    HelpFormatter,
+    add_model_option,
+    add_sampling_options,
+    add_seed_option,
+)
 from tinygpt.generation import TextStreamer, generate, stream
 from tinygpt.weights import CheckpointError
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="gpt2",
-                        help="GPT-2 name, Hugging Face directory or .safetensors file, or a "
-                             "`tinygpt train` directory (default: gpt2)")
-    parser.add_argument("--prompt", default="Every effort moves you")
-    parser.add_argument("--max-new-tokens", type=int, default=25)
-    parser.add_argument("--top-k", type=int, default=50)
-    parser.add_argument("--temperature", type=float, default=1.5)
-    parser.add_argument("--seed", type=int, default=123)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    add_model_option(parser, default="gpt2")
+    parser.add_argument("--prompt", default="Every effort moves you", help="the text to continue")
+    add_sampling_options(parser, max_new_tokens=25, temperature=1.5)
+    parser.set_defaults(top_k=50)  # the book's sampling settings
+    add_seed_option(parser, default=123)
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -71,7 +75,7 @@ def main(argv=None):
           f"seed {args.seed}) ---")
     tinygpt.manual_seed(args.seed)
     out = generate(model, ids, args.max_new_tokens, temperature=args.temperature,
-                   top_k=args.top_k, eos_id=eos)
+                   top_k=args.top_k, top_p=args.top_p, eos_id=eos)
     print(tokenizer.decode(out[0].tolist()))
 
 

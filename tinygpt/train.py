@@ -31,7 +31,7 @@ from tinygpt.data import BatchSource
 from tinygpt.distributed import DataParallel, ZeroAdamW
 from tinygpt.generation import generate
 from tinygpt.nn import evaluating
-from tinygpt.optim import AdamW, param_groups_for_weight_decay, warmup_cosine_lr
+from tinygpt.optim import AdamW, WarmupCosineSchedule, param_groups_for_weight_decay
 from tinygpt.rundir import locked
 from tinygpt.tensor import no_grad
 from tinygpt.tokenizer import ENDOFTEXT, save_tokenizer
@@ -125,6 +125,16 @@ def make_optimizer(model, cfg: TrainConfig, parallel=None) -> AdamW | ZeroAdamW:
     return AdamW(groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
 
 
+def make_schedule(optimizer, cfg: TrainConfig, step=0) -> WarmupCosineSchedule:
+    """Appendix D's warm-up then cosine decay, set in ``optimizer`` for ``step`` (a resumed
+    run starts at its checkpoint's step: the rate is a function of the step alone)."""
+    schedule = WarmupCosineSchedule(optimizer, peak_lr=cfg.peak_lr, total_steps=cfg.max_steps,
+                                    warmup_steps=cfg.warmup_steps, initial_lr=cfg.initial_lr,
+                                    min_lr=cfg.min_lr)
+    schedule.load_state_dict({**schedule.state_dict(), "current_step": step})
+    return schedule
+
+
 class TrainingInterrupted(KeyboardInterrupt):
     """Training stopped on SIGINT (Ctrl-C) or SIGTERM (``kill``, schedulers, containers)
     after saving a checkpoint. A KeyboardInterrupt, so code that catches Exception lets it
@@ -199,6 +209,7 @@ def _loop(model, optimizer, batches, cfg, history, start, checkpoint, tokenizer,
           progress, parallel, after_backward):
     """Steps ``start`` to ``cfg.max_steps``: train, evaluate, sample, checkpoint, stop."""
     model.train()
+    schedule = make_schedule(optimizer, cfg, start)
     # A diverging run overflows; the loop checks every loss itself and stops with one clear
     # message, so NumPy's overflow warnings would only bury it.
     with (_progress_bar(start, cfg.max_steps, progress and parallel.is_main) as bar,
@@ -210,7 +221,8 @@ def _loop(model, optimizer, batches, cfg, history, start, checkpoint, tokenizer,
                                     f"({_last_good(checkpoint)}). Try a lower --lr or "
                                     "gradient clipping (--grad-clip).")
             history.step_loss.append(loss)
-            history.lr.append(optimizer.param_groups[0]["lr"])
+            history.lr.append(schedule.get_lr())
+            schedule.step()  # the rate of the next step
             done = step + 1
             if done % cfg.eval_every == 0 or done == cfg.max_steps:
                 _record_eval(model, batches, cfg, history, done, log, parallel)
@@ -269,11 +281,6 @@ def _history_arrays(history: History) -> dict:
 def _train_step(model, optimizer, batches, step, cfg, parallel, after_backward=None) -> float:
     """One optimizer step over ``grad_accum`` micro-batches; returns the mean loss.
     Each process takes its rows of every micro-batch; their gradients are summed."""
-    lr = warmup_cosine_lr(step, peak_lr=cfg.peak_lr, total_steps=cfg.max_steps,
-                          warmup_steps=cfg.warmup_steps, initial_lr=cfg.initial_lr,
-                          min_lr=cfg.min_lr)
-    for group in optimizer.param_groups:
-        group["lr"] = lr
     total = 0.0
     for micro in range(cfg.grad_accum):
         x, y, share = parallel.local_rows(*batches.train_batch(step * cfg.grad_accum + micro))
