@@ -323,3 +323,37 @@ def test_generate_command_quantizes(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["generate", "hi", "--model", str(tmp_path), "--quantize", "int4"])
     assert "argument --quantize: invalid choice: 'int4'" in capsys.readouterr().err
+
+
+def test_classify_command_quantizes_a_lora_classifier(tmp_path, capsys):
+    from tinygpt.cli import main
+    from tinygpt.finetune.classify.checkpoint import load_classifier, save_classifier
+    from tinygpt.finetune.classify.model import classify, new_classifier
+
+    tinygpt.manual_seed(0)
+    cfg = tinygpt.GPTConfig(vocab_size=50257, context_length=32, emb_dim=16, n_heads=2,
+                            n_layers=1, drop_rate=0.0)
+    classifier = new_classifier(tinygpt.nn.GPTModel(cfg))
+    tinygpt.nn.apply_lora(classifier.model, rank=2, alpha=4)
+    save_classifier(classifier, tmp_path / "clf")
+    texts = ["free cash prize now", "see you at dinner", "win a car", "ok"]
+    capsys.readouterr()
+    assert main(["classify", *texts, "--model", str(tmp_path / "clf"), "--quantize",
+                 "int8"]) == 0
+    expected = load_classifier(tmp_path / "clf")
+    quantize(tinygpt.nn.merge_lora(expected.model), "int8")
+    lines = [f"{classify(expected, text)}\t{text}" for text in texts]
+    assert capsys.readouterr().out.splitlines() == lines
+
+
+def test_chat_command_quantizes(tmp_path, monkeypatch, capsys):
+    from tinygpt.cli import main
+    from tinygpt.finetune.instruct import responses
+
+    torch.manual_seed(3)
+    config = transformers.GPT2Config(n_positions=32, n_embd=16, n_layer=1, n_head=2)
+    transformers.GPT2LMHeadModel(config).save_pretrained(tmp_path)
+    seen = []
+    monkeypatch.setattr(responses, "chat", lambda model, *args, **kwargs: seen.append(model))
+    assert main(["chat", "--model", str(tmp_path), "--quantize", "bfloat16"]) == 0
+    assert quantized_mode(seen[0]) == "bfloat16"

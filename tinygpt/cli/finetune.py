@@ -11,6 +11,7 @@ from pathlib import Path
 from tinygpt.cli.options import (
     add_eval_options,
     add_model_option,
+    add_quantize_option,
     add_sampling_options,
     add_seed_option,
     add_training_options,
@@ -69,6 +70,10 @@ def cmd_classify(args):
     from tinygpt.finetune.classify.model import classify
 
     classifier = load_classifier(args.model)
+    if args.quantize:
+        from tinygpt.nn import merge_lora, quantize
+
+        quantize(merge_lora(classifier.model), args.quantize)  # LoRA folded in first
     texts = args.text or [line.rstrip("\n") for line in sys.stdin if line.strip()]
     for text in texts:
         label = classify(classifier, text)
@@ -86,6 +91,7 @@ def add_classify(sub, formatter):
     p.add_argument("text", nargs="*", help="the text(s) to classify")
     p.add_argument("--model", required=True,
                    help="a classifier directory written by `tinygpt finetune-classifier`")
+    add_quantize_option(p)
     p.set_defaults(func=cmd_classify)
 
 
@@ -158,6 +164,10 @@ def cmd_chat(args):
         backend.manual_seed(args.seed)
     model, tokenizer = load_base_model(args.model)
     check_vocabulary(model, "chat")
+    if args.quantize:
+        from tinygpt.nn import quantize
+
+        quantize(model, args.quantize)
     if sys.stdin.isatty():
         print(f"chatting with {args.model}: type an instruction; /quit or Ctrl-D ends")
     chat(model, tokenizer, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
@@ -172,6 +182,7 @@ def add_chat(sub, formatter):
                     "stream the model's response. /quit or Ctrl-D (end of input) exits.")
     add_model_option(p, required=True, what="the instruction-tuned model (usually a "
                                             "`tinygpt finetune-instruct --out` directory)")
+    add_quantize_option(p)
     add_sampling_options(p, max_new_tokens=256)
     add_seed_option(p, what="random seed for sampling")
     p.set_defaults(func=cmd_chat)
