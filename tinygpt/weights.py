@@ -10,6 +10,12 @@ is GPT-2's token embedding (tied) unless a file stores its own ``lm_head.weight`
 Files written by ``transformers`` prefix every name with ``transformer.``; the hub's own GPT-2
 files do not. Both load. Everything is read with ``safetensors`` (no pickle, so loading a
 file cannot run code), and every write goes to a temporary name first, then is renamed.
+
+``save_pretrained`` also stores the config.json it writes inside model.safetensors' own
+metadata, and ``load_hf`` reads that copy when it is there: the weights and their config
+then always come from the same (atomically renamed) file, and config.json is for other
+tools such as transformers. Editing config.json of a folder tinygpt wrote therefore changes
+nothing for tinygpt; files from transformers or the hub carry no copy and use config.json.
 """
 
 from __future__ import annotations
