@@ -23,10 +23,11 @@ import json
 import time
 from pathlib import Path
 
+from tinygpt.cli.finetune import add_classifier_options, classifier_config
+from tinygpt.cli.options import HelpFormatter
 from tinygpt.fileio import atomic_write
 from tinygpt.finetune.base import SCRATCH_CONFIG, is_scratch, load_base_model
 from tinygpt.finetune.classify import (
-    ClassifierTrainConfig,
     classify,
     download_sms_spam,
     finetune_classifier,
@@ -49,27 +50,10 @@ def scratch_config(args):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None,
-                        help="the SMS Spam Collection as 'label<TAB>text' lines (default: "
-                             "download it once)")
-    parser.add_argument("--model", default="gpt2",
-                        help="gpt2 (default), another GPT-2 name or local model, or 'scratch'")
-    parser.add_argument("--out", default="runs/spam-classifier",
-                        help="where the classifier, plot and results.json go")
-    parser.add_argument("--epochs", type=int, default=5, help="passes over the training set")
-    parser.add_argument("--batch-size", type=int, default=8, help="messages per step")
-    parser.add_argument("--lr", type=float, default=None,
-                        help="AdamW learning rate (default 5e-5 as the book; 5e-4 for scratch)")
-    parser.add_argument("--trainable", default=None,
-                        help="all, head, last-block or last-N (default: last-block, as the "
-                             "book; all for scratch)")
-    parser.add_argument("--max-length", type=int, default=None,
-                        help="cut messages to this many tokens (default: the longest)")
-    parser.add_argument("--lora-rank", type=int, default=0, help="LoRA rank (0: no LoRA)")
-    parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha")
-    parser.add_argument("--eval-every", type=int, default=50, help="steps between loss checks")
-    parser.add_argument("--seed", type=int, default=123, help="random seed (default 123)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    add_classifier_options(parser, out_default="runs/spam-classifier")  # tinygpt's own
+    parser.set_defaults(lr=None, trainable=None)  # chosen below: the book's, or scratch's
     parser.add_argument("--scratch-layers", type=int, default=4, help="scratch: blocks")
     parser.add_argument("--scratch-dim", type=int, default=256, help="scratch: emb_dim")
     parser.add_argument("--scratch-heads", type=int, default=4, help="scratch: heads")
@@ -91,12 +75,11 @@ def main(argv=None):
     except (OSError, RuntimeError, ValueError) as err:
         raise SystemExit(f"could not load --model {args.model}: {err}\n"
                          "(no GPT-2 weights here? try --model scratch)") from None
-    cfg = ClassifierTrainConfig(
-        epochs=args.epochs, batch_size=args.batch_size,
-        lr=args.lr if args.lr is not None else (5e-4 if scratch else 5e-5),
-        trainable=args.trainable or ("all" if scratch else "last-block"),
-        max_length=args.max_length, lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-        eval_every=args.eval_every, seed=args.seed)
+    if args.lr is None:  # the book's rate; a random model needs a larger one
+        args.lr = 5e-4 if scratch else 5e-5
+    if args.trainable is None:  # the book trains the last block; a random model all of it
+        args.trainable = "all" if scratch else "last-block"
+    cfg = classifier_config(args)
     print(f"model: {args.model}, {gpt.cfg}")
     start = time.perf_counter()
     model, results = finetune_classifier(gpt, train, val, test, cfg, out_dir=args.out)

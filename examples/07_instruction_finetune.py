@@ -25,73 +25,32 @@ figures (gpt2-medium, train loss 0.6 -> 0.1 over two epochs) need its pretrained
 import argparse
 import time
 
+from tinygpt.cli.finetune import add_instruct_options, instruct_config
+from tinygpt.cli.options import HelpFormatter
 from tinygpt.finetune.alpaca import DATA_URL
 from tinygpt.finetune.base import is_scratch
-from tinygpt.finetune.instruct.run import (
-    InstructConfig,
-    JudgeSettings,
-    run_instruction_finetuning,
-)
+from tinygpt.finetune.instruct.run import run_instruction_finetuning
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=None,
-                        help="instruction data JSON (default: download the book's "
-                             "instruction-data.json once into ~/.cache/tinygpt)")
-    parser.add_argument("--model", default="gpt2-medium",
-                        help="gpt2, gpt2-medium (default, as the book), ..., a local model "
-                             "directory, or 'scratch' (a small random GPT, no download)")
-    parser.add_argument("--out", default="runs/instruct",
-                        help="output directory (default runs/instruct); a run there resumes")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs (default 2)")
-    parser.add_argument("--batch-size", type=int, default=8, help="batch size (default 8)")
-    parser.add_argument("--lr", type=float, default=None,
-                        help="learning rate (default 5e-5 as the book; 1e-3 for --model "
-                             "scratch, which starts from random weights)")
-    parser.add_argument("--weight-decay", type=float, default=0.1, help="default 0.1")
-    parser.add_argument("--allowed-max-length", type=int, default=1024,
-                        help="cut examples to this many tokens (default 1024)")
-    parser.add_argument("--mask-prompt", action="store_true",
-                        help="loss on the response tokens only (exercise 7.2)")
-    parser.add_argument("--lora-rank", type=int, default=0,
-                        help="LoRA rank (0: full fine-tuning, the default)")
-    parser.add_argument("--lora-alpha", type=float, default=16.0, help="LoRA alpha")
-    parser.add_argument("--max-new-tokens", type=int, default=256,
-                        help="longest test answer (default 256)")
-    parser.add_argument("--num-test", type=int, default=None,
-                        help="answer only the first N test entries (default: all 110)")
-    parser.add_argument("--eval-every", type=int, default=5, help="default 5")
-    parser.add_argument("--eval-iters", type=int, default=5, help="default 5")
-    parser.add_argument("--seed", type=int, default=123, help="default 123")
-    parser.add_argument("--judge-url", default=None,
-                        help="score the answers with a judge LLM at this URL "
-                             "(e.g. http://localhost:11434 for Ollama)")
-    parser.add_argument("--judge-api", choices=["ollama", "openai"], default="ollama",
-                        help="the judge server's API (default ollama)")
-    parser.add_argument("--judge-model", default="llama3",
-                        help="the judge model (default llama3)")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
+    add_instruct_options(parser, out_default="runs/instruct")  # tinygpt finetune-instruct's
+    parser.set_defaults(lr=None)  # chosen below: the book's 5e-5, or 1e-3 for scratch
     args = parser.parse_args(argv)
 
     from tinygpt.download import fetch_data
 
     try:
-        data = fetch_data(DATA_URL, args.data)
+        args.data = fetch_data(DATA_URL, args.data)
     except (OSError, RuntimeError) as err:  # offline, or a --data that is not there
         raise SystemExit(f"error: no instruction data ({err}); pass --data PATH, the book's "
                          f"instruction-data.json from {DATA_URL}") from None
-    lr = args.lr if args.lr is not None else (1e-3 if is_scratch(args.model) else 5e-5)
-    judge = (JudgeSettings(args.judge_url, args.judge_api, args.judge_model)
-             if args.judge_url else None)
-    cfg = InstructConfig(
-        data=data, out=args.out, model=args.model, epochs=args.epochs,
-        batch_size=args.batch_size, lr=lr, weight_decay=args.weight_decay,
-        allowed_max_length=args.allowed_max_length, mask_prompt=args.mask_prompt,
-        lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
-        max_new_tokens=args.max_new_tokens, num_test=args.num_test,
-        eval_every=args.eval_every, eval_iters=args.eval_iters, seed=args.seed, judge=judge)
+    if args.lr is None:  # a random model needs a larger rate than a pretrained one
+        args.lr = 1e-3 if is_scratch(args.model) else 5e-5
+    cfg = instruct_config(args)
     epochs = f"{args.epochs} epoch" + ("s" if args.epochs != 1 else "")
-    print(f"data: {data}\nmodel: {args.model}, lr {lr}, {epochs}, "
+    print(f"data: {args.data}\nmodel: {args.model}, lr {args.lr}, {epochs}, "
           f"batch size {args.batch_size}\n" + "-" * 50)
     start = time.perf_counter()
     run_instruction_finetuning(cfg)

@@ -23,30 +23,32 @@ from tinygpt.finetune.alpaca import RESPONSES_FILE
 
 # ----------------------------------------------------------------------------- classifier
 
-def cmd_finetune_classifier(args):
-    from tinygpt.finetune.classify.run import ClassifierTrainConfig, run_classifier_finetuning
+def classifier_config(args):
+    """The ``ClassifierTrainConfig`` of parsed ``add_classifier_options`` arguments."""
+    from tinygpt.finetune.classify.run import ClassifierTrainConfig
 
-    cfg = ClassifierTrainConfig(
+    return ClassifierTrainConfig(
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         weight_decay=args.weight_decay, trainable=args.trainable, max_length=args.max_length,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha, eval_every=args.eval_every,
         eval_iters=args.eval_iters, seed=args.seed)
-    run_classifier_finetuning(Path(args.data), args.model, Path(args.out), cfg)
 
 
-def add_finetune_classifier(sub, formatter):
-    p = sub.add_parser(
-        "finetune-classifier", formatter_class=formatter,
-        help="fine-tune a GPT to classify SMS messages as spam or ham",
-        description="Fine-tune a GPT as a spam classifier (the book's chapter 6): balance the "
-                    "SMS Spam Collection, split it 70/10/20, replace the output head with a "
-                    "2-class head and train it; prints the test accuracy and saves the "
-                    "classifier and a loss/accuracy plot to --out.")
-    p.add_argument("--data", required=True,
+def cmd_finetune_classifier(args):
+    from tinygpt.finetune.classify.run import run_classifier_finetuning
+
+    run_classifier_finetuning(Path(args.data), args.model, Path(args.out),
+                              classifier_config(args))
+
+
+def add_classifier_options(p, out_default=None):
+    """The options of ``finetune-classifier`` (``examples/06_spam_classifier.py`` shares
+    them; without ``out_default`` --data and --out are required)."""
+    p.add_argument("--data", required=out_default is None, default=None,
                    help="tab-separated file of 'label<TAB>message' lines with labels ham/spam "
                         "(the SMS Spam Collection)")
     add_model_option(p, default="gpt2", what="the pretrained GPT to start from", scratch=True)
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", required=out_default is None, default=out_default,
                    help="directory for the classifier (classifier.safetensors + "
                         "classifier.json) and the plot")
     p.add_argument("--epochs", type=positive_int, default=5, help="passes over the training set")
@@ -62,6 +64,18 @@ def add_finetune_classifier(sub, formatter):
     add_eval_options(p, every=50, iters=5)
     add_seed_option(p, default=123, what="seed of the balancing, the split, the head's "
                                          "initialisation and the batch order")
+    return p
+
+
+def add_finetune_classifier(sub, formatter):
+    p = sub.add_parser(
+        "finetune-classifier", formatter_class=formatter,
+        help="fine-tune a GPT to classify SMS messages as spam or ham",
+        description="Fine-tune a GPT as a spam classifier (the book's chapter 6): balance the "
+                    "SMS Spam Collection, split it 70/10/20, replace the output head with a "
+                    "2-class head and train it; prints the test accuracy and saves the "
+                    "classifier and a loss/accuracy plot to --out.")
+    add_classifier_options(p)
     p.set_defaults(func=cmd_finetune_classifier)
 
 
@@ -97,38 +111,35 @@ def add_classify(sub, formatter):
 
 # ----------------------------------------------------------------------------- instruct
 
-def cmd_finetune_instruct(args):
-    from tinygpt.finetune.instruct.run import (
-        InstructConfig,
-        JudgeSettings,
-        run_instruction_finetuning,
-    )
+def instruct_config(args):
+    """The ``InstructConfig`` of parsed ``add_instruct_options`` arguments."""
+    from tinygpt.finetune.instruct.run import InstructConfig, JudgeSettings
 
     judge = (JudgeSettings(args.judge_url, args.judge_api, args.judge_model)
              if args.judge_url else None)
-    cfg = InstructConfig(
+    return InstructConfig(
         data=Path(args.data), out=Path(args.out), model=args.model, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         allowed_max_length=args.allowed_max_length, mask_prompt=args.mask_prompt,
         lora_rank=args.lora_rank, lora_alpha=args.lora_alpha,
         max_new_tokens=args.max_new_tokens, num_test=args.num_test,
         eval_every=args.eval_every, eval_iters=args.eval_iters, seed=args.seed, judge=judge)
-    run_instruction_finetuning(cfg)
 
 
-def add_finetune_instruct(sub, formatter):
-    p = sub.add_parser(
-        "finetune-instruct", formatter_class=formatter,
-        help="instruction fine-tuning on Alpaca-style data (chapter 7)",
-        description="Fine-tune a GPT on a JSON list of {instruction, input, output} entries "
-                    "(the book's chapter 7): 85/10/5 train/test/validation split, training "
-                    "with AdamW at a constant learning rate, then greedy answers to the test "
-                    "instructions written to OUT/" + RESPONSES_FILE + ".")
-    p.add_argument("--data", required=True,
+def cmd_finetune_instruct(args):
+    from tinygpt.finetune.instruct.run import run_instruction_finetuning
+
+    run_instruction_finetuning(instruct_config(args))
+
+
+def add_instruct_options(p, out_default=None):
+    """The options of ``finetune-instruct`` (``examples/07_instruction_finetune.py`` shares
+    them; without ``out_default`` --data and --out are required)."""
+    p.add_argument("--data", required=out_default is None, default=None,
                    help="instruction data: a JSON list of objects with instruction, input "
                         "and output (e.g. the book's instruction-data.json)")
     add_model_option(p, default="gpt2-medium", what="the model to fine-tune", scratch=True)
-    p.add_argument("--out", required=True,
+    p.add_argument("--out", required=out_default is None, default=out_default,
                    help="directory for the checkpoint, loss plot and test responses")
     p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set")
     add_training_options(p, lr=5e-5, batch_size=8, weight_decay=0.1, what="examples")
@@ -152,6 +163,18 @@ def add_finetune_instruct(sub, formatter):
     p.add_argument("--judge-api", choices=["ollama", "openai"], default="ollama",
                    help="the judge's API style")
     p.add_argument("--judge-model", default="llama3", help="the judge model")
+    return p
+
+
+def add_finetune_instruct(sub, formatter):
+    p = sub.add_parser(
+        "finetune-instruct", formatter_class=formatter,
+        help="instruction fine-tuning on Alpaca-style data (chapter 7)",
+        description="Fine-tune a GPT on a JSON list of {instruction, input, output} entries "
+                    "(the book's chapter 7): 85/10/5 train/test/validation split, training "
+                    "with AdamW at a constant learning rate, then greedy answers to the test "
+                    "instructions written to OUT/" + RESPONSES_FILE + ".")
+    add_instruct_options(p)
     p.set_defaults(func=cmd_finetune_instruct)
 
 
