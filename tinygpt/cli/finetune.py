@@ -140,7 +140,9 @@ def add_instruct_options(p, out_default=None):
                         "and output (e.g. the book's instruction-data.json)")
     add_model_option(p, default="gpt2-medium", what="the model to fine-tune", scratch=True)
     p.add_argument("--out", required=out_default is None, default=out_default,
-                   help="directory for the checkpoint, loss plot and test responses")
+                   help="directory for the checkpoint, loss plot and test responses; the "
+                        "same command again resumes an interrupted run there (other settings "
+                        "or a finished run are refused)")
     p.add_argument("--epochs", type=positive_int, default=2, help="passes over the training set")
     add_training_options(p, lr=5e-5, batch_size=8, weight_decay=0.1, what="examples")
     p.add_argument("--allowed-max-length", type=positive_int, default=1024,
