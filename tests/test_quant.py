@@ -114,6 +114,30 @@ def test_reference_tiles_cover_every_row(monkeypatch):
     assert_matches(quant.matmul_int8_reference(x, q, scale), exact.astype(np.float32))
 
 
+def test_widening_kernels_equal_references():
+    rng = np.random.default_rng(6)
+    w = normal(rng, (33, 47))
+    q, scale = quant.quantize_int8(w)
+    np.testing.assert_array_equal(quant_numba.dequantize_int8(q, scale),
+                                  quant.dequantize_int8(q, scale))
+    bits = quant.to_bfloat16(w)
+    np.testing.assert_array_equal(quant_numba.from_bfloat16(bits), quant.from_bfloat16(bits))
+
+
+@pytest.mark.parametrize("M", [1, quant.SMALL_BATCH, quant.SMALL_BATCH + 1, 40])
+def test_dispatch_on_either_side_of_small_batch_equals_float64(monkeypatch, M):
+    """Few rows go to the Numba product, more to Numba-widened tiles and BLAS."""
+    monkeypatch.setattr(quant, "TILE_ELEMENTS", 7 * 24)  # several tiles, the last one short
+    rng = np.random.default_rng(M)
+    x, w = normal(rng, (M, 24)), normal(rng, (30, 24))
+    q, scale = quant.quantize_int8(w)
+    exact = x.astype(np.float64) @ (q.astype(np.float64) * scale[:, None]).T
+    assert_matches(quant.matmul_int8(x, q, scale), exact.astype(np.float32))
+    widened = torch.from_numpy(w).to(torch.bfloat16).double().numpy()
+    exact = x.astype(np.float64) @ widened.T
+    assert_matches(quant.matmul_bfloat16(x, quant.to_bfloat16(w)), exact.astype(np.float32))
+
+
 @pytest.mark.parametrize("ids_shape", [(1,), (3, 5), (0,)])
 def test_embedding_kernels_equal_references(ids_shape):
     rng = np.random.default_rng(3)

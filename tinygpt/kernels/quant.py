@@ -23,8 +23,9 @@ The Numba kernels run in parallel over output rows; each weight is widened to fl
 register and multiplied into a float32 sum, so no float32 copy of a weight is ever made.
 They serve small M (one or a few tokens per sequence: generation), where reading the
 weights is the cost. For many rows (a long prompt) the product is bound by arithmetic
-instead, and BLAS does that best: the reference then widens TILE_ELEMENTS weights at a time
-into a float32 tile and multiplies with BLAS, again without a full float32 copy.
+instead, and BLAS does that best: ``tiled_matmul`` widens TILE_ELEMENTS weights at a time
+into a float32 tile (with a one-pass Numba kernel, or with array ops in the reference) and
+multiplies with BLAS, again without a full float32 copy.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ TILE_ELEMENTS = 1 << 20  # weights widened at a time by the reference (4 MB of f
 def quantize_int8(w):
     """W (N, K) float -> (q (N, K) int8, scale (N,) float32), per-row symmetric."""
     xp = backend.xp()
-    w = w.astype(np.float32)
+    w = xp.ascontiguousarray(w, dtype=np.float32)  # rows contiguous, as the kernels read them
     amax = xp.abs(w).max(axis=1)
     scale = xp.where(amax > 0, amax / 127, 1).astype(np.float32)  # an all-zero row keeps 1
     q = xp.clip(xp.rint(w / scale[:, None]), -127, 127).astype(np.int8)
@@ -75,20 +76,23 @@ def _row_tiles(N, K):
     return [slice(start, min(N, start + rows)) for start in range(0, N, rows)]
 
 
+def tiled_matmul(x, N, K, widen):
+    """x (M, K) @ W^T -> (M, N) float32 with BLAS, where ``widen(rows)`` returns the float32
+    rows ``rows`` (a slice) of W: only one tile of W is ever float32."""
+    out = backend.xp().empty((x.shape[0], N), dtype=np.float32)
+    for rows in _row_tiles(N, K):
+        out[:, rows] = x @ widen(rows).T
+    return out
+
+
 def matmul_int8_reference(x, q, scale):
     """x (M, K) float32 @ (scale * q)^T -> (M, N) float32, one widened tile at a time."""
-    out = backend.xp().empty((x.shape[0], q.shape[0]), dtype=np.float32)
-    for rows in _row_tiles(*q.shape):
-        out[:, rows] = x @ dequantize_int8(q[rows], scale[rows]).T
-    return out
+    return tiled_matmul(x, *q.shape, lambda rows: dequantize_int8(q[rows], scale[rows]))
 
 
 def matmul_bfloat16_reference(x, bits):
     """x (M, K) float32 @ widen(bits)^T -> (M, N) float32, one widened tile at a time."""
-    out = backend.xp().empty((x.shape[0], bits.shape[0]), dtype=np.float32)
-    for rows in _row_tiles(*bits.shape):
-        out[:, rows] = x @ from_bfloat16(bits[rows]).T
-    return out
+    return tiled_matmul(x, *bits.shape, lambda rows: from_bfloat16(bits[rows]))
 
 
 def embedding_int8_reference(ids, q, scale):
@@ -116,17 +120,21 @@ def _numba():
 def matmul_int8(x, q, scale):
     """x (M, K) float32 @ W^T for an int8 W = scale * q (N, K) -> (M, N) float32."""
     kernels = _numba()
-    if kernels is not None and x.shape[0] <= SMALL_BATCH:
+    if kernels is None:
+        return matmul_int8_reference(x, q, scale)
+    if x.shape[0] <= SMALL_BATCH:
         return kernels.matmul_int8(x, q, scale)
-    return matmul_int8_reference(x, q, scale)
+    return tiled_matmul(x, *q.shape, lambda rows: kernels.dequantize_int8(q[rows], scale[rows]))
 
 
 def matmul_bfloat16(x, bits):
     """x (M, K) float32 @ W^T for a bfloat16 W stored as uint16 (N, K) -> (M, N) float32."""
     kernels = _numba()
-    if kernels is not None and x.shape[0] <= SMALL_BATCH:
+    if kernels is None:
+        return matmul_bfloat16_reference(x, bits)
+    if x.shape[0] <= SMALL_BATCH:
         return kernels.matmul_bfloat16(x, bits)
-    return matmul_bfloat16_reference(x, bits)
+    return tiled_matmul(x, *bits.shape, lambda rows: kernels.from_bfloat16(bits[rows]))
 
 
 def embedding_int8(ids, q, scale):

@@ -51,6 +51,23 @@ def _matmul_bfloat16_kernel(x, bits, out):
             out[m, n] = acc
 
 
+@numba.njit(cache=True, parallel=True)
+def _dequantize_int8_kernel(q, scale, out):
+    """out[n, k] = scale[n] * q[n, k]: one pass, for the tiles of a long prompt's product."""
+    for n in prange(q.shape[0]):
+        s = scale[n]
+        for k in range(q.shape[1]):
+            out[n, k] = np.float32(q[n, k]) * s
+
+
+@numba.njit(cache=True, parallel=True)
+def _from_bfloat16_kernel(bits, out):
+    """out[n, k] = widen(bits[n, k]) as float32."""
+    for n in prange(bits.shape[0]):
+        for k in range(bits.shape[1]):
+            out[n, k] = np.uint32(np.uint32(bits[n, k]) << 16).view(np.float32)
+
+
 @numba.njit(cache=True)
 def _embedding_int8_kernel(ids, q, scale, out):
     """out[i] = scale[ids[i]] * q[ids[i]]; ids (I,), out (I, K). Serial: a few rows."""
@@ -97,3 +114,17 @@ def embedding_bfloat16(ids, bits):
     out = np.empty((flat.size, bits.shape[1]), dtype=np.float32)
     _embedding_bfloat16_kernel(flat, bits, out)
     return out.reshape(np.shape(ids) + (bits.shape[1],))
+
+
+def dequantize_int8(q, scale):
+    """(q (N, K) int8, scale (N,)) -> float32 (N, K)."""
+    out = np.empty(q.shape, dtype=np.float32)
+    _dequantize_int8_kernel(q, scale, out)
+    return out
+
+
+def from_bfloat16(bits):
+    """bits (N, K) uint16 -> float32 (N, K) (exact)."""
+    out = np.empty(bits.shape, dtype=np.float32)
+    _from_bfloat16_kernel(bits, out)
+    return out
