@@ -23,6 +23,7 @@ import time
 import numpy
 
 import tinygpt
+from tinygpt.cli.options import HelpFormatter
 from tinygpt.corpora import VERDICT, corpus_path
 from tinygpt.data import create_dataloader
 from tinygpt.nn import Embedding
@@ -115,7 +116,8 @@ def embeddings(raw_text: str) -> None:
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--data", metavar="PATH", default=str(corpus_path(VERDICT)),
                         help="text file to use (default: The Verdict, bundled)")
     args = parser.parse_args(argv)

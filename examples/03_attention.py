@@ -20,6 +20,7 @@ import numpy
 
 import tinygpt
 from tinygpt import functional as F
+from tinygpt.cli.options import HelpFormatter
 from tinygpt.nn import MultiHeadAttention
 
 numpy.set_printoptions(precision=4, suppress=True)
@@ -31,7 +32,8 @@ def show(name, t):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--plot", metavar="FILE", help="save heatmaps of the attention weights")
     args = parser.parse_args(argv)
     tinygpt.manual_seed(123)

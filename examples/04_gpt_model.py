@@ -13,6 +13,7 @@ import argparse
 import numpy
 
 import tinygpt
+from tinygpt.cli.options import HelpFormatter
 from tinygpt.config import PRESETS
 from tinygpt.nn import GPTModel
 from tinygpt.tokenizer import gpt2_encoding
@@ -27,7 +28,8 @@ def encode_texts():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     formatter_class=HelpFormatter)
     parser.add_argument("--config", default="gpt2-124M", choices=sorted(PRESETS),
                         help="model size preset (default: gpt2-124M, the book's GPT_CONFIG_124M)")
     args = parser.parse_args(argv)
