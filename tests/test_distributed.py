@@ -235,3 +235,12 @@ def test_ctrl_c_stops_every_process_and_saves(text_file, tmp_path):
     assert 1 <= step < 5000
     assert stderr.count(f"interrupted by SIGINT at step {step}: saved step {step}") == 1
     assert "error on rank" not in stderr
+
+
+def test_plot_grads_refused_with_nproc(text_file, tmp_path, capsys):
+    """Each process holds only its share of the gradient: plotting one would mislead."""
+    from tinygpt.cli import main
+
+    with pytest.raises(SystemExit, match="--plot-grads needs one process"):
+        main(train_command(text_file, tmp_path / "run", "--nproc", "2", "--plot-grads"))
+    assert not (tmp_path / "run").exists()

@@ -23,6 +23,9 @@ def cmd_train(args):
     """Train here, or with ``--nproc N`` restart this command on N processes (mpiexec)."""
     from tinygpt import distributed
 
+    if args.plot_grads and max(args.nproc or 1, distributed.world_size_from_environment()) > 1:
+        raise SystemExit("error: --plot-grads needs one process: with --nproc (or under "
+                         "mpiexec) each process holds only its share of the gradient")
     if args.nproc and args.nproc > 1 and distributed.world_size_from_environment() == 1:
         status = distributed.launch(args.nproc, args.argv)
         if status != 0:
