@@ -12,6 +12,10 @@ sample is printed. Checkpoints hold everything needed to continue exactly: weigh
 optimizer moments, the random generator (dropout masks) and the step. Batches are a pure
 function of the step number, so a resumed run sees the same data as an uninterrupted one and
 reproduces its losses exactly.
+
+What the loop promises about its files: a resumed checkpoint is checked before anything is
+written; inf or NaN weights are never saved; SIGINT and SIGTERM finish the step, save and
+raise ``TrainingInterrupted``; the run directory is locked (``tinygpt.rundir``) meanwhile.
 """
 
 from __future__ import annotations
