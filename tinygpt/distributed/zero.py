@@ -15,10 +15,10 @@ replicated path, so sharding saves memory at no extra communication.
 
 The model's parameters and gradients live in one flat array each (``optim.ParameterBuffer``,
 the layout the collectives work on). This rank's slice is a contiguous range of it, so it
-may cut a parameter in two; each piece of a parameter inside the slice is a small tensor,
-and an ordinary ``AdamW`` updates those pieces (each keeps the weight decay of its
-parameter's group): every step copies the slice's values into the pieces and the updated
-values back, and the all-gather completes the flat parameter array on every rank.
+may cut a parameter in two; each piece of a parameter inside the slice is a small tensor
+viewing it, and an ordinary ``AdamW``, packed into that slice (no copy), updates the pieces
+in place (each keeps the weight decay of its parameter's group); the all-gather then
+completes the flat parameter array on every rank.
 
 Checkpoints hold the same optimizer state dict as one process: ``state_dict()`` gathers the
 pieces into whole moments on rank 0, and ``load_state_dict()`` cuts a whole state dict into
@@ -54,10 +54,15 @@ class ZeroAdamW:
         self.steps = 0
         self.pieces = []  # (parameter index, start, end) in the flat vector, in our slice
         self.inner = AdamW(self._piece_groups(), **options)
+        # AdamW packed the pieces into a flat buffer of its own; pack them into our slice of
+        # the model's buffer instead, so the slice is stepped in place, with no copy
+        first, last = self.bounds[comm.rank]
+        self.inner.buffer = ParameterBuffer(self._piece_tensors(), data=self.buffer.data[
+            first:last], grad=self.buffer.grad[first:last])
 
     def _piece_groups(self):
         """Parameter groups of piece tensors: the parts of each group's parameters that lie
-        in this rank's slice (copies; ``step`` moves values in and out of them)."""
+        in this rank's slice, each a view of the model's flat parameter array."""
         first, last = self.bounds[self.comm.rank]
         indices = iter(range(len(self.buffer.params)))
         piece_groups = []
@@ -69,7 +74,7 @@ class ZeroAdamW:
                 lo, hi = max(start, first), min(end, last)
                 if lo < hi:
                     self.pieces.append((index, lo, hi))
-                    pieces.append(Tensor(self.buffer.data[lo:hi].copy(), requires_grad=True))
+                    pieces.append(Tensor(self.buffer.data[lo:hi], requires_grad=True))
             rest = {k: v for k, v in group.items() if k not in ("params", "param_names")}
             piece_groups.append({**rest, "params": pieces})
         return piece_groups
@@ -95,16 +100,11 @@ class ZeroAdamW:
         grad = self.comm.reduce_scatter_sum(self.buffer.full_grad(), self.bounds)
         if grad_clip:
             self._clip(grad, grad_clip)
-        # AdamW keeps its pieces in a flat buffer of its own: copy our slice of the
-        # parameters in (they are the truth; a resume may have loaded new ones), step, and
-        # copy the updated values out
-        pieces = list(zip(self.pieces, self._piece_tensors()))
-        for (_, lo, hi), piece in pieces:
-            piece.data[...] = self.buffer.data[lo:hi]
-            piece.grad = grad[lo - first:hi - first]
+        # the pieces' data and gradient slots are our slice of the model's flat arrays: the
+        # summed gradient is in place already, and the step updates the parameters in place
+        for (_, lo, hi), piece in zip(self.pieces, self._piece_tensors()):
+            piece.grad = grad[lo - first:hi - first].reshape(piece.shape)
         self.inner.step()
-        for (_, lo, hi), piece in pieces:
-            self.buffer.data[lo:hi] = piece.data
         self.steps += 1
         self.comm.all_gather_(self.buffer.data, self.bounds)  # parameters are views of it
 

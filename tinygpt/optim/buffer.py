@@ -33,14 +33,16 @@ class ParameterBuffer:
     """The parameters ``params`` (one dtype, one backend) in one flat array, and their
     gradients in another; see the module docstring."""
 
-    def __init__(self, params):
+    def __init__(self, params, data=None, grad=None):
+        """``data`` and ``grad``, if given, are flat arrays of the parameters' total size to
+        pack into instead of new ones (ZeRO-1 packs its pieces into a slice of the model's)."""
         self.params = list(params)
         if not self.can_pack(self.params):
             raise ValueError("ParameterBuffer needs parameters of one dtype on one backend, "
                              f"got {sorted({str(p.dtype) for p in self.params})}")
         self.offsets = [0, *itertools.accumulate(p.size for p in self.params)]
         self.generation = 0  # counts allocations: a dtype or backend change makes new arrays
-        self._allocate()
+        self._allocate(data, grad)
 
     @staticmethod
     def can_pack(params) -> bool:
@@ -54,13 +56,14 @@ class ParameterBuffer:
         """(start, end) of parameter i in the flat arrays."""
         return self.offsets[i], self.offsets[i + 1]
 
-    def _allocate(self) -> None:
-        """New flat arrays in the parameters' dtype; copy each parameter in and point it there."""
+    def _allocate(self, data=None, grad=None) -> None:
+        """New flat arrays (or the given ones) in the parameters' dtype; copy each parameter
+        in and point it there."""
         first = self.params[0]
         xp = backend.backend_of(first.data).xp
         # *_like keeps the parameters' array class (CuPy, or a test's stand-in for it)
-        self.data = xp.empty_like(first.data, shape=(len(self),))
-        self.grad = xp.zeros_like(first.data, shape=(len(self),))
+        self.data = data if data is not None else xp.empty_like(first.data, shape=(len(self),))
+        self.grad = grad if grad is not None else xp.zeros_like(first.data, shape=(len(self),))
         self.views, self.slots = [], []
         for i, p in enumerate(self.params):
             start, end = self.span(i)
