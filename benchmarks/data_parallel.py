@@ -162,8 +162,8 @@ def main():
         return
     configs = list(CONFIGS) if args.config == "all" else [args.config]
     print(f"{os.cpu_count()} cores; load average (1 min) {os.getloadavg()[0]:.1f} at the start")
-    print("| config | mode | tokens/s | ms/step | vs 1 proc x 2 threads | in MPI calls | AdamW moments "
-          "per rank | peak RSS per rank | load after |")
+    print("| config | mode | tokens/s | ms/step | vs 1 proc x 2 threads | in MPI calls | "
+          "AdamW moments per rank | peak RSS per rank | load after |")
     print("|---|---|---|---|---|---|---|---|---|")
     for config in configs:
         fields, batch = CONFIGS[config]
