@@ -2,8 +2,10 @@
 
 ``BPETokenizer`` is the same algorithm as tiktoken's, written out so it can be read (and
 trained on new text with ``train``). Loaded with GPT-2's files it gives exactly tiktoken's ids,
-and the tests check that on arbitrary Unicode text; ``gpt2_encoding()`` (in ``gpt2.py``) is the
-fast one to use.
+and the tests check that on arbitrary text of assigned Unicode characters; ``gpt2_encoding()``
+(in ``gpt2.py``) is the fast one to use. One known difference: characters that only the newest
+Unicode versions assign (U+18D80, say) count as letters for the ``regex`` module used here but
+not for tiktoken's Rust regex, so the two can split such text differently.
 
 How GPT-2 tokenizes, in three steps:
 
