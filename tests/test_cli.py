@@ -306,3 +306,8 @@ def test_version_is_the_packages(capsys):
     assert exit_.value.code == 0
     assert capsys.readouterr().out.strip() == f"tinygpt {tinygpt.__version__}"
     assert tinygpt.__version__ == importlib.metadata.version("tinygpt")  # pyproject's
+
+
+def test_chat_warns_like_generate_that_top_k_does_nothing_when_greedy(tmp_path, capsys):
+    assert main(["chat", "--model", str(tmp_path / "nowhere"), "--top-p", "0.9"]) == 1
+    assert "warning: --top-p has no effect with --temperature 0" in capsys.readouterr().err

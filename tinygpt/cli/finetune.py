@@ -18,6 +18,7 @@ from tinygpt.cli.options import (
     non_negative_int,
     positive_float,
     positive_int,
+    warn_about_unused_sampling,
 )
 from tinygpt.finetune.alpaca import RESPONSES_FILE
 
@@ -185,6 +186,7 @@ def cmd_chat(args):
     from tinygpt.finetune.base import check_vocabulary, load_base_model
     from tinygpt.finetune.instruct.responses import chat
 
+    warn_about_unused_sampling(args)
     if args.seed is not None:
         backend.manual_seed(args.seed)
     model, tokenizer = load_base_model(args.model)
