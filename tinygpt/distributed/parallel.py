@@ -1,4 +1,4 @@
-"""``DataParallel``: what the training loop asks of the ranks, in four calls.
+"""``DataParallel``: what the training loop asks of the ranks, in a few calls.
 
     x, y, share = parallel.local_rows(x, y)    # this rank's rows of the global batch
     loss = batch_loss(model, x, y) * share      # weighted, so the ranks' losses add up to
@@ -70,8 +70,9 @@ class DataParallel:
         """Give each rank its own random stream (dropout masks), derived from the current one.
 
         Ranks start from the same seed; without this, row i of every rank's slice would get
-        the same dropout mask. One process keeps its stream untouched, which is why runs
-        with dropout are reproducible, but not equal, across different numbers of ranks.
+        the same dropout mask. A single process keeps its stream untouched, so with dropout
+        runs on different numbers of ranks draw different masks: each run is reproducible,
+        but they are not equal.
         """
         if self.comm.size > 1:
             base = int(backend.generator().integers(2**62))
