@@ -15,8 +15,8 @@ Each framework and weight format runs in its own process (PyTorch's OpenMP runti
 Numba's threads in a shared process), once per round; rounds take turns over the
 processes so that other load on the machine does not favour one of them, and the table
 shows the median over rounds. In each process, every configuration gets one untimed
-warm-up run (Numba loads its compiled kernels, PyTorch warms its allocator), then one timed
-run:
+warm-up run of at most two tokens (Numba loads its compiled kernels, PyTorch warms its
+allocator), then one timed run:
 
   tokens/s      batch x new tokens / seconds, for batch 1 and 8, KV cache on and off (the
                 uncached runs make ``--uncached-tokens`` tokens: each of them recomputes
@@ -105,11 +105,12 @@ def peak_memory_mb():
     return float("nan")
 
 
-def timed(run, *args):
-    """(seconds, output) of one call after one untimed warm-up call."""
-    run(*args)
+def timed(run, ids, new_tokens, use_cache):
+    """(seconds, output) of one call after an untimed warm-up call with the same prompt
+    (at most two new tokens: enough to compile, allocate and fill caches)."""
+    run(ids, min(new_tokens, 2), use_cache)
     start = time.perf_counter()
-    out = run(*args)
+    out = run(ids, new_tokens, use_cache)
     return time.perf_counter() - start, out
 
 
