@@ -159,6 +159,20 @@ def test_context_size_smaller_than_the_model_context(hf, model):
 
 # ----------------------------------------------------------------------------- batches, cache
 
+def test_the_cache_is_sized_for_the_tokens_it_will_hold(model, monkeypatch):
+    """prompt + new tokens when that fits the window; the window when the text slides."""
+    from tinygpt import generation
+
+    sizes = []
+    monkeypatch.setattr(generation, "KVCache", lambda n: sizes.append(n) or KVCache(n))
+    generate(model, prompts(tokens=7), 5)
+    assert sizes == [7 + 5]
+    sizes.clear()
+    window = model.cfg.context_length
+    generate(model, prompts(tokens=window - 2), 5)  # the last two steps slide: new caches
+    assert sizes == [window] * 3
+
+
 def test_batch_equals_each_prompt_alone(model):
     ids = prompts(batch=4, tokens=9, seed=5)
     together = generate(model, ids, 15)

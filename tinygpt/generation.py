@@ -135,19 +135,26 @@ def _steps(model, ids, max_new_tokens, context_size, temperature, top_k, top_p, 
            use_cache):
     """The generator behind ``stream``, its arguments already checked."""
     xp = backend.xp()
-    done = xp.zeros(ids.shape[0], dtype=bool)
+    B, T = ids.shape
+    done = xp.zeros(B, dtype=bool)
+    sequence = xp.empty((B, T + max_new_tokens), dtype=ids.dtype)  # filled in place
+    sequence[:, :T] = ids
+    # A cache never holds more than the window or than the whole sequence: allocating just
+    # that (not the model's full context) keeps batch 8 from reserving 600 MB for GPT-2.
+    capacity = min(context_size, T + max_new_tokens)
     cache = None
     was_training = model.training
     model.eval()
     try:
         with no_grad():
-            for _ in range(max_new_tokens):
-                logits, cache = _last_logits(model, ids, context_size, cache, use_cache)
+            for length in range(T, T + max_new_tokens):
+                logits, cache = _last_logits(model, sequence[:, :length], context_size, cache,
+                                             use_cache, capacity)
                 token = next_token(logits, temperature, top_k, top_p)
                 if eos_id is not None:
                     token = xp.where(done, eos_id, token)
                     done = done | (token == eos_id)
-                ids = xp.concatenate([ids, token[:, None]], axis=1)
+                sequence[:, length] = token
                 yield token
                 if eos_id is not None and bool(done.all()):
                     break
@@ -155,15 +162,16 @@ def _steps(model, ids, max_new_tokens, context_size, temperature, top_k, top_p, 
         model.train(was_training)
 
 
-def _last_logits(model, ids, context_size, cache, use_cache):
+def _last_logits(model, ids, context_size, cache, use_cache, capacity):
     """(logits (B, V) for the token after ``ids``, the cache to use next time).
 
     The cache is reused while it holds every token of ``ids`` but the last; on the first
-    step, or once the window slides (positions change), a new one is filled."""
+    step, or once the window slides (positions change), a new one of ``capacity`` tokens
+    is filled."""
     if not use_cache:
         return model(ids[:, -context_size:], last_only=True).data[:, -1, :], None
     if cache is None or ids.shape[1] > context_size:
-        cache = KVCache(model.cfg.context_length)
+        cache = KVCache(capacity)
         return model(ids[:, -context_size:], cache, last_only=True).data[:, -1, :], cache
     return model(ids[:, cache.length:], cache, last_only=True).data[:, -1, :], cache
 
