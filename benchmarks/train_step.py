@@ -345,8 +345,9 @@ def print_table(config, clip, results, flops, peak_gflops):
     for fw, r in results.items():
         ratios = "" if fw != "tinygpt" else "  ".join(
             f"{r['median'] / results[other]['median']:.2f}x"
-            for other in ("torch", "torch-fused"))
-        mem = "" if fw != "tinygpt" else f"{r['step_mb'] / results['torch']['step_mb']:.2f}x"
+            for other in ("torch", "torch-fused") if other in results)
+        mem = "" if fw != "tinygpt" or "torch" not in results else (
+            f"{r['step_mb'] / results['torch']['step_mb']:.2f}x")
         print(f"{config:<10} {f'{batch}x{tokens}':>7} {'clip' if clip else 'no clip':<8} "
               f"{fw:<12} {r['median']:>9.1f} {min(r['ms']):>8.1f} {100 * mfu[fw]:>5.1f}% "
               f"{r['step_mb']:>8.0f} {r['faults']:>9.0f} {r['losses'][0]:>8.4f}  "
