@@ -229,7 +229,7 @@ def measure(phases, param_groups, batches, steps, warmup, kept_mb=0.0):
     gc.collect()
     release_free_heap()
     base, reset_worked = reset_peak_rss()
-    per_step = []
+    per_step, faults = [], resource.getrusage(resource.RUSAGE_SELF).ru_minflt
     for i in range(warmup, total):
         if i == warmup + 1:  # steady state: after the first step has refilled the heap
             faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
