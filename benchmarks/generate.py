@@ -24,8 +24,9 @@ allocator), then one timed run:
   first token   seconds to the first new token after a ``--long-prompt``-token prompt at
                 batch 1 (prompt processing, "prefill")
   peak memory   the process's peak resident memory (VmHWM) while generating, weights
-                included; the high-water mark is reset after loading, so the float32
-                weights that quantization reads do not count
+                included; after loading, freed memory is returned to the OS and the
+                high-water mark reset, so the float32 weights that quantization read do
+                not count
   agreement     of each run's batch-1 cached greedy tokens with tinygpt float32's
 
 The ratio column is tokens/s over transformers float32's on the same batch and cache row.
@@ -34,6 +35,7 @@ The ratio column is tokens/s over transformers float32's on the same batch and c
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import platform
@@ -93,7 +95,10 @@ def transformers_generator(directory, weights, threads):
 
 
 def reset_peak_memory():
-    """Reset this process's resident-memory high-water mark (Linux: clear_refs 5)."""
+    """Hand freed heap memory back to the OS (glibc keeps large freed blocks, such as the
+    float32 weights that quantization read), then reset this process's resident-memory
+    high-water mark (Linux: clear_refs 5)."""
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
 
