@@ -27,7 +27,7 @@ import numba
 import numpy as np
 from numba import prange
 
-from tinygpt.kernels.numba_cpu import _launch  # small inputs on the calling thread only
+from tinygpt.kernels.numba_rows import _launch  # small inputs on the calling thread only
 
 
 def _scalars(row, dtype):
