@@ -20,7 +20,22 @@ ENTRY = {"instruction": "Name the capital of France.", "input": "",
          "output": "The capital of France is Paris.", "model_response": "Paris."}
 
 
-class FakeJudge:
+class _LocalServer:
+    """A threaded HTTP server on 127.0.0.1 (a free port) serving ``Handler``; ``url`` is its
+    address, ``close()`` stops it."""
+
+    def _serve(self, Handler):
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
+                         daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class FakeJudge(_LocalServer):
     """Answers POSTs with queued (status, content) replies, in Ollama or OpenAI style."""
 
     def __init__(self, replies=(), default=(200, "42")):
@@ -60,14 +75,7 @@ class FakeJudge:
             def log_message(self, *args):  # keep the test output quiet
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                         daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 @pytest.fixture
@@ -195,7 +203,7 @@ def test_judge_command_writes_scores(fake_judge, tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- limits
 
-class _RawServer:
+class _RawServer(_LocalServer):
     """A server on 127.0.0.1 whose handler writes whatever ``reply(handler)`` writes."""
 
     def __init__(self, reply):
@@ -207,15 +215,7 @@ class _RawServer:
             def log_message(self, *args):
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.02},
-                         daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 @pytest.fixture
