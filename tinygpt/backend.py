@@ -136,6 +136,12 @@ def move(array, name: str):
     return target.xp.asarray(host)
 
 
+def to_numpy(obj):
+    """A NumPy array of ``obj``: a backend array (a CuPy one comes back from the GPU) or any
+    array-like (a list, a NumPy scalar)."""
+    return move(obj, "numpy") if is_array(obj) else numpy.asarray(obj)
+
+
 # ----------------------------------------------------------------------------- dtypes
 
 def default_dtype():

@@ -27,8 +27,7 @@ from tinygpt.tokenizer import ENDOFTEXT
 def _ids(token_ids) -> numpy.ndarray:
     """Token ids from a Tensor or any array-like, as a NumPy int64 array."""
     data = token_ids.data if isinstance(token_ids, Tensor) else token_ids
-    return numpy.asarray(backend.move(data, "numpy") if backend.is_array(data) else data,
-                         dtype=numpy.int64)
+    return backend.to_numpy(data).astype(numpy.int64, copy=False)
 
 
 def text_to_token_ids(text, tokenizer) -> Tensor:

@@ -347,7 +347,8 @@ def save_pretrained(model: GPTModel, directory) -> Path:
                          "only; save the float32 model (before quantize) instead")
     cfg = model.cfg
     directory = Path(directory)
-    state = {k: numpy.ascontiguousarray(_host(v)) for k, v in model.state_dict().items()}
+    state = {k: numpy.ascontiguousarray(backend.to_numpy(v))
+             for k, v in model.state_dict().items()}
     tensors = {"transformer." + k: numpy.ascontiguousarray(v)
                for k, v in tinygpt_to_hf(state, cfg).items()}
     if not model.weights_tied:
@@ -364,11 +365,6 @@ def save_pretrained(model: GPTModel, directory) -> Path:
     except (SafetensorError, OSError) as err:  # e.g. the disk is full
         raise OSError(f"could not write {directory / HF_WEIGHTS}: {err}") from None
     return directory
-
-
-def _host(array):
-    """A NumPy copy of a backend array (CuPy arrays come back from the GPU)."""
-    return backend.move(array, "numpy")
 
 
 # ----------------------------------------------------------------------------- downloading

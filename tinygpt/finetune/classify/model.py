@@ -37,7 +37,7 @@ def add_class_head(gpt: GPTModel, num_classes: int) -> GPTModel:
 
 def lengths_from_padding(ids, pad_token_id=END_OF_TEXT_ID):
     """Each row's length: one past its last token that is not padding (at least 1)."""
-    ids = backend.move(ids, "numpy") if backend.is_array(ids) else numpy.asarray(ids)
+    ids = backend.to_numpy(ids)
     real = ids != pad_token_id
     T = ids.shape[1]
     last = T - 1 - numpy.argmax(real[:, ::-1], axis=1)  # last real position
@@ -71,8 +71,7 @@ class Classifier:
         ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
         if lengths is None:
             lengths = lengths_from_padding(ids, self.pad_token_id)
-        lengths = numpy.asarray(backend.move(lengths, "numpy") if backend.is_array(lengths)
-                                else lengths).astype(numpy.int64).reshape(-1)
+        lengths = backend.to_numpy(lengths).astype(numpy.int64).reshape(-1)
         B, T = ids.shape
         if lengths.shape != (B,) or lengths.min() < 1 or lengths.max() > T:
             raise ValueError(f"lengths must hold one length in 1..{T} per row ({B} rows), "
