@@ -31,10 +31,12 @@ from tinygpt.kernels.numba_rows import (
     _SERIAL_BELOW,  # noqa: F401  (tests size their inputs around it)
     _exp,
     _launch,
+    _layernorm_row_sums,
     _normalize,
     _or_reference,
     _row_dot,
     _row_max,
+    _row_squared_deviation,
     _row_sum,
     _rows,
 )
@@ -211,10 +213,7 @@ def _layernorm_forward(x, weight, bias, eps, y, mean, rstd):
     for n in prange(N):
         xn = x[n]
         m = _row_sum(xn) / C
-        var = 0.0
-        for c in range(C):
-            var += (xn[c] - m) * (xn[c] - m)
-        r = 1.0 / math.sqrt(var / C + eps)
+        r = 1.0 / math.sqrt(_row_squared_deviation(xn, m) / C + eps)
         for c in range(C):
             y[n, c] = (xn[c] - m) * r * weight[c] + bias[c]
         mean[n] = m
@@ -225,28 +224,26 @@ def _layernorm_forward(x, weight, bias, eps, y, mean, rstd):
 def _layernorm_backward(dy, x, weight, mean, rstd, dx, dweight_parts, dbias_parts):
     """dy, x (N, C), weight (C,), mean, rstd (N,) -> dx (N, C), and per-part partial sums
     dweight_parts, dbias_parts (P, C) float64: part p owns a block of rows, so no two
-    threads add into the same numbers; the caller sums the P parts."""
+    threads add into the same numbers; the caller sums the P parts.
+
+    With xhat = (x - mean) * rstd and dxhat = dy * weight, per row:
+    dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)); the two means come from
+    ``_layernorm_row_sums`` first, so the loop over c below has no sums and vectorizes."""
     N, C = x.shape
     P = dweight_parts.shape[0]
     for p in prange(P):
         dw, db = dweight_parts[p], dbias_parts[p]
         for n in range(p * N // P, (p + 1) * N // P):
             m, r = np.float64(mean[n]), np.float64(rstd[n])
-            mean_dxhat = 0.0
-            mean_dxhat_xhat = 0.0
+            sum_dxhat, sum_dxhat_centered = _layernorm_row_sums(dy[n], weight, x[n], m)
+            mean_dxhat = sum_dxhat / C
+            mean_dxhat_xhat = sum_dxhat_centered * r / C
             for c in range(C):
                 xhat = (x[n, c] - m) * r
-                dxhat = np.float64(dy[n, c]) * weight[c]
-                mean_dxhat += dxhat
-                mean_dxhat_xhat += dxhat * xhat
+                dx[n, c] = r * (np.float64(dy[n, c]) * weight[c] - mean_dxhat
+                                - xhat * mean_dxhat_xhat)
                 dw[c] += dy[n, c] * xhat
                 db[c] += dy[n, c]
-            mean_dxhat /= C
-            mean_dxhat_xhat /= C
-            for c in range(C):
-                xhat = (x[n, c] - m) * r
-                dxhat = np.float64(dy[n, c]) * weight[c]
-                dx[n, c] = r * (dxhat - mean_dxhat - xhat * mean_dxhat_xhat)
 
 
 @_or_reference(3)
