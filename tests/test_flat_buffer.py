@@ -173,10 +173,13 @@ def test_views_stay_views_after_load_state_dict_tying_lora_and_dtype():
     train_and_check(model, lora)
 
 
-def test_gradient_accumulation_equals_one_big_batch_in_torch():
+@pytest.mark.parametrize("tied", [False, True], ids=["untied", "tied"])
+def test_gradient_accumulation_equals_one_big_batch_in_torch(tied):
+    """The second micro-batch adds onto the first in place (the embedding's rows straight
+    into the running gradient)."""
     backend.set_default_dtype("float64")
     tinygpt.manual_seed(0)
-    model = GPTModel(CFG)
+    model = GPTModel(CFG.replace(tie_embeddings=tied))
     optimizer = AdamW(model.parameters())
     ids = np.random.default_rng(5).integers(0, CFG.vocab_size, size=(4, 8))
     for micro in (ids[:2], ids[2:]):  # two micro-batches, each loss halved
@@ -206,3 +209,29 @@ def test_a_weight_used_twice_in_one_graph_gets_both_gradients():
     for p, t in ((layer.weight, twin.weight), (layer.bias, twin.bias)):
         assert np.shares_memory(p.grad, optimizer.buffer.grad)
         np.testing.assert_allclose(p.grad, t.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_a_table_used_by_two_lookups_and_two_products_gets_every_gradient():
+    """An embedding table used as a linear layer's weight (in backward, the last use comes
+    first and is lent the slot), looked up twice (rows added into the slot in place), and
+    used as a weight again (summed into the slot in place): the gradient is the sum of all
+    four uses, as in torch, also when a second backward adds onto the first."""
+    backend.set_default_dtype("float64")
+    rng = np.random.default_rng(3)
+    table = tinygpt.nn.Embedding(6, 3)
+    optimizer = SGD(table.parameters())
+    ids_a, ids_b = rng.integers(0, 6, size=(2, 4)), rng.integers(0, 6, size=5)
+    x = rng.standard_normal((4, 3))
+    twin = torch.tensor(table.weight.data, requires_grad=True)
+
+    def loss(weight, embedding, linear, as_input):
+        head = linear(embedding(ids_a, weight).sum(axis=0), weight)  # (4, 6), last use
+        return (linear(as_input(x), weight).sum() + embedding(ids_b, weight).sum() * 2.0
+                + (head * head).sum())
+
+    for _ in range(2):
+        loss(table.weight, F.embedding, F.linear, tinygpt.Tensor).backward()
+        loss(twin, lambda i, w: torch.nn.functional.embedding(torch.from_numpy(i), w),
+             torch.nn.functional.linear, torch.from_numpy).backward()
+    assert np.shares_memory(table.weight.grad, optimizer.buffer.grad)
+    np.testing.assert_allclose(table.weight.grad, twin.grad.numpy(), rtol=1e-12, atol=1e-12)

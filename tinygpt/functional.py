@@ -154,7 +154,9 @@ def embedding(ids, weight) -> Tensor:
     """Rows of ``weight`` (num_embeddings, dim) picked by integer ``ids`` of any shape.
 
     The backward adds each output row's gradient into the row it came from; a token that
-    appears twice gets both contributions (scatter-add).
+    appears twice gets both contributions (scatter-add). Where the weight's gradient is
+    already being summed in place (``Tensor.grad_accumulator``: a tied head wrote it, or an
+    earlier micro-batch), the rows are added right there and no table-sized array is made.
     """
     weight = _tensor(weight)
     ids = ids.data if isinstance(ids, Tensor) else backend.xp().asarray(ids)
@@ -168,12 +170,17 @@ def embedding(ids, weight) -> Tensor:
 
     def backward(g):
         xp = backend.xp()
+        rows, row_grads = ids.reshape(-1), g.reshape(-1, weight.shape[1])  # (N,), (N, C)
+        running = weight.grad_accumulator(g.dtype)
+        if running is not None:
+            xp.add.at(running, rows, row_grads)
+            return (None,)  # already added into the weight's gradient
         grad = weight.grad_destination(g.dtype)  # the weight's own gradient slot, if free
         if grad is None:
             grad = xp.zeros_like(weight.data)
         else:
             grad.fill(0)
-        xp.add.at(grad, ids.reshape(-1), g.reshape(-1, weight.shape[1]))
+        xp.add.at(grad, rows, row_grads)
         return (grad,)
 
     out._set_backward(backward)

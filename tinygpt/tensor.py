@@ -321,7 +321,12 @@ class Tensor:
                     continue
                 pg = _unbroadcast(pg, parent.shape)
                 key = id(parent)
-                grads[key] = pg if key not in grads else grads[key] + pg
+                if key not in grads:
+                    grads[key] = pg
+                elif grads[key] is getattr(parent, "_grad_slot", None):
+                    grads[key] += pg  # the leaf's own gradient slot: sum in place
+                else:
+                    grads[key] = grads[key] + pg
             if _profiler is not None:
                 _profiler.record_backward(node._op, parent_grads)
             if not retain_graph:
@@ -364,6 +369,23 @@ class Tensor:
             return None
         self._slot_lent = True
         return slot
+
+    def grad_accumulator(self, dtype):
+        """The array that already holds this leaf's gradient, into which an op's backward
+        may *add* its own gradient in place (then returning None for this leaf), or None.
+
+        That is the gradient slot once it holds a gradient: lent earlier in this backward
+        pass (a tied weight: the output head wrote it) or kept as ``.grad`` from an earlier
+        pass (micro-batches). An embedding's gradient touches only the rows of the batch's
+        tokens, so adding those rows in place replaces a table-sized array of zeros, a
+        table-sized sum and a copy (for GPT-2's 50257 x 768 table, ~150 MB each).
+        """
+        slot = getattr(self, "_grad_slot", None)
+        if slot is None or not self.requires_grad or slot.dtype != dtype:
+            return None
+        if getattr(self, "_slot_lent", False) or self.grad is slot:
+            return slot
+        return None
 
     def _topological_order(self):
         """Nodes that need grad, each before every node that uses it (iterative DFS);
