@@ -129,7 +129,7 @@ def _operator(name):
 
 
 for _name in ("add sub mul truediv floordiv mod pow matmul and or xor lt le gt ge eq ne "
-              "radd rsub rmul rtruediv rfloordiv rmod rpow rmatmul rand ror rxor "
+              "lshift rshift radd rsub rmul rtruediv rfloordiv rmod rpow rmatmul rand ror rxor "
               "iadd isub imul itruediv ipow neg pos abs invert").split():
     setattr(FakeArray, f"__{_name}__", _operator(f"__{_name}__"))
 

@@ -175,6 +175,35 @@ def test_gelu(seed, dtype, lead, C, scale):
                  reference.gelu_backward(x64, dy64).astype(dtype))
 
 
+# ----------------------------------------------------------------------------- dropout mask
+
+@EXAMPLES
+@given(st.integers(0, 2**63 - 1), st.integers(0, 300), st.sampled_from([0.01, 0.1, 0.5, 0.9]),
+       dtypes)
+def test_dropout_mask(seed, size, p, dtype):
+    expected = reference.dropout_mask(size, seed, p, dtype)
+    assert expected.dtype == dtype and set(np.unique(expected)) <= {0, dtype(1 / (1 - p))}
+    np.testing.assert_array_equal(numba_cpu.dropout_mask(size, seed, p, dtype), expected)
+    assert numba_cpu.dropout_mask(size, seed, p, dtype).dtype == dtype
+
+
+def test_dropout_mask_in_parallel_equals_the_reference_and_looks_random():
+    """Past the serial threshold (threads split the mask): still the reference's numbers.
+    The kept fraction is within 4 binomial standard deviations of 1 - p, neighbours and
+    two seeds are uncorrelated (|r| < 4 / sqrt(n)), and the kept share does not drift
+    along the mask (each tenth within 4 deviations too)."""
+    n, p = 3 * numba_cpu._SERIAL_BELOW + 7, 0.1
+    mask = numba_cpu.dropout_mask(n, 2024, p, np.float32)
+    np.testing.assert_array_equal(mask, reference.dropout_mask(n, 2024, p, np.float32))
+    kept = (mask != 0).astype(np.float64)
+    assert abs(kept.mean() - (1 - p)) < 4 * math.sqrt(p * (1 - p) / n)
+    for tenth in np.array_split(kept, 10):
+        assert abs(tenth.mean() - (1 - p)) < 4 * math.sqrt(p * (1 - p) / tenth.size)
+    other = (numba_cpu.dropout_mask(n, 2025, p, np.float32) != 0).astype(np.float64)
+    for a, b in ((kept[:-1], kept[1:]), (kept, other)):
+        assert abs(np.corrcoef(a, b)[0, 1]) < 4 / math.sqrt(n)
+
+
 # ----------------------------------------------------------------------------- attention
 
 @EXAMPLES

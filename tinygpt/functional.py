@@ -191,9 +191,12 @@ def embedding(ids, weight) -> Tensor:
 
 def dropout_mask(shape, p, dtype):
     """Keep each element with probability 1 - p, scaled by 1 / (1 - p) so the expected value
-    is unchanged (inverted dropout: nothing to rescale at evaluation time)."""
-    keep = backend.generator().random(shape) >= p
-    return keep.astype(dtype) * (1.0 / (1.0 - p))
+    is unchanged (inverted dropout: nothing to rescale at evaluation time).
+
+    The seeded generator draws one 64-bit seed; the mask is a hash of that seed and each
+    element's index (``reference.dropout_mask``), which a Numba kernel fills in parallel."""
+    seed = int(backend.generator().integers(0, 2**63))
+    return kernels.impl().dropout_mask(math.prod(shape), seed, p, dtype).reshape(shape)
 
 
 def dropout(x, p=0.5, training=True) -> Tensor:

@@ -40,7 +40,38 @@ from tinygpt.kernels.numba_rows import (
     _row_sum,
     _rows,
 )
-from tinygpt.kernels.reference import GELU_CUBIC, GELU_SCALE, causal_mask  # noqa: F401
+from tinygpt.kernels.reference import (  # noqa: F401  (causal_mask: the same as the reference)
+    GELU_CUBIC,
+    GELU_SCALE,
+    GOLDEN_GAMMA,
+    MIX_1,
+    MIX_2,
+    UNIFORM_BITS,
+    causal_mask,
+    keep_threshold,
+)
+
+# ----------------------------------------------------------------------------- dropout mask
+
+@numba.njit(cache=True, parallel=True)
+def _dropout_mask(seed, threshold, scale, out):
+    """out (N,) = scale where the hash of (seed, i) keeps element i, else 0 (see the
+    reference: the same SplitMix64 hash, element by element, in parallel)."""
+    for i in prange(out.size):
+        z = np.uint64(seed) + np.uint64(i) * np.uint64(GOLDEN_GAMMA)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(MIX_1)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(MIX_2)
+        z = z ^ (z >> np.uint64(31))
+        out[i] = scale if (z >> np.uint64(64 - UNIFORM_BITS)) >= threshold else 0
+
+
+def dropout_mask(size, seed, p, dtype):
+    """(size,) mask of 1 / (1 - p) and 0 from ``seed``; see ``reference.dropout_mask``."""
+    out = np.empty(size, dtype=dtype)
+    if size:
+        _launch(_dropout_mask, size, np.uint64(seed), np.uint64(keep_threshold(p)),
+                out.dtype.type(1.0 / (1.0 - p)), out)
+    return out
 
 # ----------------------------------------------------------------------------- softmax
 

@@ -18,6 +18,37 @@ GELU_SCALE = math.sqrt(2.0 / math.pi)
 GELU_CUBIC = 0.044715
 
 
+# ----------------------------------------------------------------------------- dropout mask
+#
+# A dropout mask is a function of one 64-bit seed and each element's index (a "counter-based"
+# random number generator, as Philox is for cuRAND): element i hashes seed + i with
+# SplitMix64's finalizer, and its top 24 bits, read as a number u in [0, 1), keep the
+# element when u >= p. Every element is independent of the others, so a kernel can fill the
+# mask in parallel, in any order, and get exactly these numbers.
+
+GOLDEN_GAMMA = 0x9E3779B97F4A7C15  # SplitMix64's step between consecutive counters
+MIX_1, MIX_2 = 0xBF58476D1CE4E5B9, 0x94D049BB133111EB  # its two multipliers
+UNIFORM_BITS = 24  # the hash's top bits that make u: float32 resolution
+
+
+def keep_threshold(p):
+    """The smallest 24-bit integer u * 2**24 that is kept: u >= p."""
+    return math.ceil(p * (1 << UNIFORM_BITS))
+
+
+def dropout_mask(size, seed, p, dtype):
+    """(size,) mask of ``dtype``: 1 / (1 - p) where hash(seed, i) >= p, else 0, for
+    i = 0 .. size - 1 (inverted dropout). The uint64 arithmetic wraps around modulo 2**64,
+    as the hash means it to."""
+    xp = backend.xp()
+    z = xp.arange(size, dtype=xp.uint64) * xp.uint64(GOLDEN_GAMMA) + xp.uint64(seed)
+    z = (z ^ (z >> xp.uint64(30))) * xp.uint64(MIX_1)
+    z = (z ^ (z >> xp.uint64(27))) * xp.uint64(MIX_2)
+    z = z ^ (z >> xp.uint64(31))
+    keep = (z >> xp.uint64(64 - UNIFORM_BITS)) >= keep_threshold(p)
+    return keep.astype(dtype) * (1.0 / (1.0 - p))
+
+
 # ----------------------------------------------------------------------------- softmax
 
 def softmax_forward(x):
