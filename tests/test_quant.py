@@ -104,6 +104,23 @@ def test_bfloat16_matmul_kernel_equals_reference_and_float64(seed, shape):
     assert_matches(expected, (x.astype(np.float64) @ widened.T).astype(np.float32))
 
 
+@pytest.mark.parametrize("parallel", [False, True])
+@pytest.mark.parametrize("M", [1, 3, 8])
+@pytest.mark.parametrize("N", [4, 9, 42])  # whole blocks of four rows, and 1 or 2 rows left
+def test_matmul_kernels_serial_and_parallel_equal_float64(monkeypatch, parallel, M, N):
+    """Both launch paths (PARALLEL_BYTES straddled), with N a multiple of the four-row
+    block or not (the last block short): every output column must come out right."""
+    monkeypatch.setattr(quant_numba, "PARALLEL_BYTES", 0 if parallel else 1 << 40)
+    rng = np.random.default_rng(100 * N + 10 * M + parallel)
+    x, w = normal(rng, (M, 37)), normal(rng, (N, 37))
+    q, scale = quant.quantize_int8(w)
+    exact = x.astype(np.float64) @ (q.astype(np.float64) * scale[:, None]).T
+    assert_matches(quant_numba.matmul_int8(x, q, scale), exact.astype(np.float32))
+    widened = torch.from_numpy(w).to(torch.bfloat16).double().numpy()
+    exact = x.astype(np.float64) @ widened.T
+    assert_matches(quant_numba.matmul_bfloat16(x, quant.to_bfloat16(w)), exact.astype(np.float32))
+
+
 def test_reference_tiles_cover_every_row(monkeypatch):
     """With tiles of 3 rows, 10 rows take four tiles, the last one short."""
     monkeypatch.setattr(quant, "TILE_ELEMENTS", 3 * 8)
