@@ -27,11 +27,11 @@ _FASTMATH = {"reassoc", "contract"}
 
 
 # Weights of at least this many bytes are multiplied on every thread, smaller ones on the
-# calling thread only. Waking the passively waiting threads costs about 50 us per launch, which
-# is more than a second core saves on a small weight. Measured on 2 cores, M = 1, weights read
-# from L3 as in generation (int8, us, serial / parallel): 768x768 33 / 80, 3072x768 130 / 135,
-# 50257x768 (the head) 2200 / 1150; bfloat16 768x768 50 / 58.
-PARALLEL_BYTES = 1 << 22
+# calling thread only: waking the passively waiting threads costs about 50 us per launch,
+# more than a second core saves on a small weight. Measured on 2 cores while generating with
+# GPT-2 124M at batch 1 (the weights come from main memory, not cache; us per product,
+# serial / parallel): int8 768x768 118 / 147, 3072x768 400 / 300; bfloat16 768x768 150 / 170.
+PARALLEL_BYTES = 1 << 21
 
 ROWS = 4  # weight rows per block: see _int8_block
 
