@@ -2,12 +2,11 @@
 references in ``tinygpt.kernels.quant`` (which picks between the two; formats are described
 there).
 
-The matrix products go over the weight in blocks of four output rows: a block's rows are
-widened to float32 in registers and multiplied into four float32 sums at once, once per row
-of x; the rows (4K bytes in int8) stay in L1 cache across those passes. No float32 copy of a
-weight is made. Small weights (the layers of a GPT-2 at batch 1) run on the calling thread,
-big ones (the head) split their blocks between the threads: see PARALLEL_BYTES. The
-embedding lookups are serial: they copy a few rows.
+The matrix products go over the weight one output row at a time: the row is widened to
+float32 in registers and multiplied into a float32 sum, once per row of x; the row (K bytes
+in int8) stays in L1 cache across those passes. No float32 copy of a weight is made. Small
+weights run on the calling thread, big ones split their rows between the threads (see
+PARALLEL_BYTES). The embedding lookups are serial: they copy a few rows.
 """
 
 import os
@@ -30,55 +29,35 @@ _FASTMATH = {"reassoc", "contract"}
 # calling thread only: waking the passively waiting threads costs about 50 us per launch,
 # more than a second core saves on a small weight. Measured on 2 cores while generating with
 # GPT-2 124M at batch 1 (the weights come from main memory, not cache; us per product,
-# serial / parallel): int8 768x768 118 / 147, 3072x768 400 / 300; bfloat16 768x768 150 / 170.
+# serial / parallel): int8 768x768 111 / 150, 3072x768 400 / 300; bfloat16 768x768 128 / 160.
+# (Four weight rows per pass, each x[m, k] loaded once for four products, was 3x faster with
+# a weight in L2 cache, but no faster for int8 in generation and slower for bfloat16.)
 PARALLEL_BYTES = 1 << 21
-
-ROWS = 4  # weight rows per block: see _int8_block
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
-def _int8_block(x, q, scale, out, b):
-    """out[:, n] for the rows n of block b (ROWS of them, fewer in the last block).
-
-    Four rows at a time: each x[m, k] is loaded once for four products, and the four sums are
-    independent, so they overlap in the pipeline (each is vectorized along k by LLVM).
-    """
+def _int8_row(x, q, scale, out, n):
+    """out[:, n] = scale[n] * x @ q[n]: one output column; x (M, K), q (N, K), out (M, N)."""
     M, K = x.shape
-    n0 = b * ROWS
-    if n0 + ROWS > q.shape[0]:  # the last rows when N is not a multiple of ROWS
-        for n in range(n0, q.shape[0]):
-            for m in range(M):
-                acc = np.float32(0.0)
-                for k in range(K):
-                    acc += x[m, k] * np.float32(q[n, k])
-                out[m, n] = acc * scale[n]
-        return
-    for m in range(M):  # the four rows (4K bytes) stay in L1 across the M passes
-        acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
+    for m in range(M):  # the row q[n] (K bytes) stays in L1 across the M passes
+        acc = np.float32(0.0)
         for k in range(K):
-            xk = x[m, k]
-            acc0 += xk * np.float32(q[n0, k])
-            acc1 += xk * np.float32(q[n0 + 1, k])
-            acc2 += xk * np.float32(q[n0 + 2, k])
-            acc3 += xk * np.float32(q[n0 + 3, k])
-        out[m, n0] = acc0 * scale[n0]
-        out[m, n0 + 1] = acc1 * scale[n0 + 1]
-        out[m, n0 + 2] = acc2 * scale[n0 + 2]
-        out[m, n0 + 3] = acc3 * scale[n0 + 3]
+            acc += x[m, k] * np.float32(q[n, k])
+        out[m, n] = acc * scale[n]
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _matmul_int8_serial(x, q, scale, out):
-    """out[m, n] = scale[n] * sum_k x[m, k] * q[n, k]; x (M, K), q (N, K), out (M, N)."""
-    for b in range(-(-q.shape[0] // ROWS)):  # blocks of ROWS rows, the last one short
-        _int8_block(x, q, scale, out, b)
+    """out[m, n] = scale[n] * sum_k x[m, k] * q[n, k], on the calling thread."""
+    for n in range(q.shape[0]):
+        _int8_row(x, q, scale, out, n)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def _matmul_int8_parallel(x, q, scale, out):
-    """As _matmul_int8_serial, the blocks split between the threads."""
-    for b in prange(-(-q.shape[0] // ROWS)):
-        _int8_block(x, q, scale, out, b)
+    """As _matmul_int8_serial, the rows split between the threads."""
+    for n in prange(q.shape[0]):
+        _int8_row(x, q, scale, out, n)
 
 
 @numba.njit(cache=True, inline="always")
@@ -90,44 +69,28 @@ def _widen(bits):
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
-def _bfloat16_block(x, bits, out, b):
-    """out[:, n] for the rows n of block b, as _int8_block (no scale)."""
+def _bfloat16_row(x, bits, out, n):
+    """out[:, n] = x @ widen(bits[n]); x (M, K), bits (N, K), out (M, N)."""
     M, K = x.shape
-    n0 = b * ROWS
-    if n0 + ROWS > bits.shape[0]:
-        for n in range(n0, bits.shape[0]):
-            for m in range(M):
-                acc = np.float32(0.0)
-                for k in range(K):
-                    acc += x[m, k] * _widen(bits[n, k])
-                out[m, n] = acc
-        return
     for m in range(M):
-        acc0 = acc1 = acc2 = acc3 = np.float32(0.0)
+        acc = np.float32(0.0)
         for k in range(K):
-            xk = x[m, k]
-            acc0 += xk * _widen(bits[n0, k])
-            acc1 += xk * _widen(bits[n0 + 1, k])
-            acc2 += xk * _widen(bits[n0 + 2, k])
-            acc3 += xk * _widen(bits[n0 + 3, k])
-        out[m, n0] = acc0
-        out[m, n0 + 1] = acc1
-        out[m, n0 + 2] = acc2
-        out[m, n0 + 3] = acc3
+            acc += x[m, k] * _widen(bits[n, k])
+        out[m, n] = acc
 
 
 @numba.njit(cache=True, fastmath=_FASTMATH)
 def _matmul_bfloat16_serial(x, bits, out):
-    """out[m, n] = sum_k x[m, k] * widen(bits[n, k]); x (M, K), bits (N, K), out (M, N)."""
-    for b in range(-(-bits.shape[0] // ROWS)):
-        _bfloat16_block(x, bits, out, b)
+    """out[m, n] = sum_k x[m, k] * widen(bits[n, k]), on the calling thread."""
+    for n in range(bits.shape[0]):
+        _bfloat16_row(x, bits, out, n)
 
 
 @numba.njit(cache=True, parallel=True, fastmath=_FASTMATH)
 def _matmul_bfloat16_parallel(x, bits, out):
-    """As _matmul_bfloat16_serial, the blocks split between the threads."""
-    for b in prange(-(-bits.shape[0] // ROWS)):
-        _bfloat16_block(x, bits, out, b)
+    """As _matmul_bfloat16_serial, the rows split between the threads."""
+    for n in prange(bits.shape[0]):
+        _bfloat16_row(x, bits, out, n)
 
 
 @numba.njit(cache=True, parallel=True)
