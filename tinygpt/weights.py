@@ -328,10 +328,10 @@ def load_hf(name_or_path, dtype="float32") -> GPTModel:
     _check_tensors(tensors, cfg, weights_path)
     with uninitialized():  # every parameter is loaded below: no random draws
         model = GPTModel(cfg)
-    if numpy.dtype(dtype) != backend.default_dtype():
-        model.to(dtype=dtype)
+    # Cast after loading: casting the uninitialised memory first would read garbage (and
+    # NumPy warns "invalid value encountered in cast" when that garbage holds a NaN).
     model.load_state_dict(hf_to_tinygpt(tensors, cfg))
-    return model.eval()
+    return model.to(dtype=dtype).eval()
 
 
 # ----------------------------------------------------------------------------- writing
