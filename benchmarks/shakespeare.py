@@ -24,10 +24,10 @@ import numpy
 
 import tinygpt
 from tinygpt.config import GPTConfig
+from tinygpt.data import RandomWindows
 from tinygpt.nn import GPTModel
 from tinygpt.optim import warmup_cosine_lr
 from tinygpt.tokenizer import CharTokenizer
-from tinygpt.data import RandomWindows
 from tinygpt.train import TrainConfig, evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -141,7 +141,8 @@ DIGITS = ["0", "7", "42", " 123", "3.14", "1,000", "٣", "²"]
 assigned_text = partial(st.text, st.characters(exclude_categories=("Cs", "Cn")))
 pieces = st.sampled_from(EMOJI + CJK + COMBINING + WHITESPACE + CONTRACTIONS + WORDS + DIGITS)
 targeted_text = st.lists(pieces | assigned_text(max_size=4), max_size=40).map("".join)
-text_with_eot = st.lists(pieces | st.just(EOT) | assigned_text(max_size=4), max_size=40).map("".join)
+text_with_eot = st.lists(pieces | st.just(EOT) | assigned_text(max_size=4),
+                         max_size=40).map("".join)
 
 
 @settings(deadline=None, max_examples=1000)

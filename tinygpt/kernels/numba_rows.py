@@ -7,10 +7,10 @@ run on the calling thread only (``_launch``) and OpenMP is asked to wait passive
 kernels (``OMP_WAIT_POLICY`` below).
 
 Accuracy: sums over a row accumulate in float64; only they may be reordered (see
-``_SUM_FASTMATH``), every other operation keeps IEEE semantics (no other ``fastmath``). ``_exp`` is written out
-because Numba's ``np.exp`` calls the scalar C library one element at a time (no SIMD without
-Intel's SVML), which made softmax no faster than NumPy's SIMD ``exp``; the version here
-vectorizes and is within 2 ulp of ``np.exp``.
+``_SUM_FASTMATH``), every other operation keeps IEEE semantics (no other ``fastmath``).
+``_exp`` is written out because Numba's ``np.exp`` calls the scalar C library one element at
+a time (no SIMD without Intel's SVML), which made softmax no faster than NumPy's SIMD
+``exp``; the version here vectorizes and is within 2 ulp of ``np.exp``.
 """
 
 import functools
