@@ -14,7 +14,8 @@ The shared pieces (when a kernel applies, ``_launch``, the row loops and the vec
 ``_exp``) are in ``numba_rows``. Threads: small inputs run on the calling thread only
 (``_launch``), and the attention kernels (which sit between two matrix products) always do.
 Accuracy: sums over a row (softmax denominators, layer-norm mean and variance, dot products)
-accumulate in float64, so results do not depend on how LLVM vectorizes.
+accumulate in float64, so the order LLVM's SIMD lanes add them in changes nothing at the
+precision of the float32 results (see ``numba_rows``).
 
 A kernel stays only if ``benchmarks/kernels.py`` shows it faster than the reference (every
 kernel here did, on 2 cores, at GPT-2 small shapes); one that stops being faster should be
