@@ -193,3 +193,25 @@ def test_dropout_probability():
     for p in (1.0, -0.1, 1.5):
         with pytest.raises(ValueError, match=shapes("[0, 1)", p)):
             F.dropout(floats(3), p)
+
+
+# ----------------------------------------------------------------------------- quantized models
+
+@pytest.mark.parametrize("mode", ["int8", "bfloat16"])
+@pytest.mark.parametrize("action", ["to-float64", "to-float32", "load_state_dict"])
+def test_casting_or_loading_a_quantized_model_is_refused_and_changes_nothing(mode, action):
+    """Before the guard, to(dtype=...) turned the int8 codes into floats without their scales
+    and load_state_dict cast float weights to int8 codes: silently wrong logits."""
+    cfg = tinygpt.GPTConfig(vocab_size=11, context_length=8, emb_dim=8, n_heads=2, n_layers=1,
+                            drop_rate=0.0)
+    tinygpt.manual_seed(0)
+    float_state = tinygpt.GPTModel(cfg).state_dict()
+    model = tinygpt.nn.quantize(tinygpt.GPTModel(cfg).eval(), mode)
+    ids = np.array([[1, 2, 3]])
+    before = model(ids).data.copy()
+    with pytest.raises(RuntimeError, match=r"(to\(\)|load_state_dict) on a quantized model"):
+        if action == "load_state_dict":
+            model.load_state_dict(float_state)
+        else:
+            model.to(dtype=action.removeprefix("to-"))
+    np.testing.assert_array_equal(model(ids).data, before)

@@ -115,8 +115,18 @@ class Module:
         """Name -> backend array, one entry per name (tied weights appear under both)."""
         return {name: p.data for name, p in self._named_tensors()}
 
+    def _refuse_if_quantized(self, action: str) -> None:
+        """Quantized weights (``tinygpt.nn.quantize``) are int8 or bfloat16 arrays read with
+        their scales: casting, moving or overwriting them as plain arrays would silently
+        give wrong numbers, so ``to`` and ``load_state_dict`` stop here instead."""
+        if any(getattr(p, "inference_only", False) for p in self.parameters()):
+            raise RuntimeError(
+                f"{action} on a quantized model: its int8/bfloat16 weights cannot be cast, "
+                "moved or overwritten; do it on the float model, then quantize")
+
     def load_state_dict(self, state: dict, strict=True):
         """Copy arrays into the parameters; strict mode lists every mismatch in one error."""
+        self._refuse_if_quantized("load_state_dict")
         own = dict(self._named_tensors())
         missing = [k for k in own if k not in state]
         unexpected = [k for k in state if k not in own]
@@ -143,6 +153,7 @@ class Module:
         an optimizer's ``ParameterBuffer`` packs it again (in the new dtype) before its next
         step.
         """
+        self._refuse_if_quantized("to()")
         for p in self.parameters():
             data = p.data if device is None else backend.move(p.data, device)
             data = data if dtype is None else data.astype(dtype, copy=False)
