@@ -20,7 +20,7 @@ first use, so ``import tinygpt`` does not start Numba) that must match it
   embedding_int8(ids, q, scale), embedding_bfloat16(ids, bits)    ids (...) -> (..., K)
 
 The Numba kernels go over the weight a few output rows at a time (on every thread for big
-weights, see ``quant_numba.PARALLEL_BYTES``); each weight is widened to float32 in a
+products, see ``quant_numba.PARALLEL_BYTES``); each weight is widened to float32 in a
 register and multiplied into a float32 sum, so no float32 copy of a weight is ever made.
 They serve small M (one or a few tokens per sequence: generation), where reading the
 weights is the cost. For many rows (a long prompt) the product is bound by arithmetic

@@ -5,8 +5,9 @@ there).
 The matrix products go over the weight one output row at a time: the row is widened to
 float32 in registers and multiplied into a float32 sum, once per row of x; the row (K bytes
 in int8) stays in L1 cache across those passes. No float32 copy of a weight is made. Small
-weights run on the calling thread, big ones split their rows between the threads (see
-PARALLEL_BYTES). The embedding lookups are serial: they copy a few rows.
+products run on the calling thread; bigger ones (a bigger weight, or more rows of x) split
+the rows between the threads (see PARALLEL_BYTES). The embedding lookups are serial: they
+copy a few rows.
 """
 
 import os
@@ -25,11 +26,13 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 _FASTMATH = {"reassoc", "contract"}
 
 
-# Weights of at least this many bytes are multiplied on every thread, smaller ones on the
-# calling thread only: waking the passively waiting threads costs about 50 us per launch,
-# more than a second core saves on a small weight. Measured on 2 cores while generating with
-# GPT-2 124M at batch 1 (the weights come from main memory, not cache; us per product,
+# A product runs on every thread when (rows of x) x (bytes of the weight) reaches this, on the
+# calling thread only below it: waking the passively waiting threads costs about 50 us per
+# launch, more than a second core saves on a small product. Measured on 2 cores while
+# generating with GPT-2 124M at batch 1 (the weights come from main memory, not cache; us,
 # serial / parallel): int8 768x768 111 / 150, 3072x768 400 / 300; bfloat16 768x768 128 / 160.
+# With more rows of x each weight byte is used more often and the second core pays sooner
+# (int8 768x768 with 8 rows: 385 / 260; bfloat16 768x768 with 2 rows: 193 / 173).
 # (Four weight rows per pass, each x[m, k] loaded once for four products, was 3x faster with
 # a weight in L2 cache, but no faster for int8 in generation and slower for bfloat16.)
 PARALLEL_BYTES = 1 << 21
@@ -131,7 +134,8 @@ def _embedding_bfloat16_kernel(ids, bits, out):
 def matmul_int8(x, q, scale):
     """x (M, K) float32 @ (scale * q)^T -> (M, N) float32 (any M; fastest for small M)."""
     out = np.empty((x.shape[0], q.shape[0]), dtype=np.float32)
-    kernel = _matmul_int8_parallel if q.nbytes >= PARALLEL_BYTES else _matmul_int8_serial
+    big = x.shape[0] * q.nbytes >= PARALLEL_BYTES
+    kernel = _matmul_int8_parallel if big else _matmul_int8_serial
     kernel(np.ascontiguousarray(x, dtype=np.float32), q, scale, out)
     return out
 
@@ -139,7 +143,8 @@ def matmul_int8(x, q, scale):
 def matmul_bfloat16(x, bits):
     """x (M, K) float32 @ widen(bits)^T -> (M, N) float32."""
     out = np.empty((x.shape[0], bits.shape[0]), dtype=np.float32)
-    kernel = _matmul_bfloat16_parallel if bits.nbytes >= PARALLEL_BYTES else _matmul_bfloat16_serial
+    big = x.shape[0] * bits.nbytes >= PARALLEL_BYTES
+    kernel = _matmul_bfloat16_parallel if big else _matmul_bfloat16_serial
     kernel(np.ascontiguousarray(x, dtype=np.float32), bits, out)
     return out
 
