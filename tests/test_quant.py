@@ -104,6 +104,17 @@ def test_bfloat16_matmul_kernel_equals_reference_and_float64(seed, shape):
     assert_matches(expected, (x.astype(np.float64) @ widened.T).astype(np.float32))
 
 
+def assert_products_equal_float64(matmul_int8, matmul_bfloat16, x, w):
+    """x @ W^T by ``matmul_int8`` and ``matmul_bfloat16`` against float64 products of the
+    same quantized weights (bfloat16 widened by PyTorch, not by tinygpt)."""
+    q, scale = quant.quantize_int8(w)
+    exact = x.astype(np.float64) @ (q.astype(np.float64) * scale[:, None]).T
+    assert_matches(matmul_int8(x, q, scale), exact.astype(np.float32))
+    widened = torch.from_numpy(w).to(torch.bfloat16).double().numpy()
+    exact = x.astype(np.float64) @ widened.T
+    assert_matches(matmul_bfloat16(x, quant.to_bfloat16(w)), exact.astype(np.float32))
+
+
 @pytest.mark.parametrize("parallel", [False, True])
 @pytest.mark.parametrize("M", [1, 3, 8])
 @pytest.mark.parametrize("N", [1, 9, 42])
@@ -113,12 +124,7 @@ def test_matmul_kernels_serial_and_parallel_equal_float64(monkeypatch, parallel,
     monkeypatch.setattr(quant_numba, "PARALLEL_BYTES", 0 if parallel else 1 << 40)
     rng = np.random.default_rng(100 * N + 10 * M + parallel)
     x, w = normal(rng, (M, 37)), normal(rng, (N, 37))
-    q, scale = quant.quantize_int8(w)
-    exact = x.astype(np.float64) @ (q.astype(np.float64) * scale[:, None]).T
-    assert_matches(quant_numba.matmul_int8(x, q, scale), exact.astype(np.float32))
-    widened = torch.from_numpy(w).to(torch.bfloat16).double().numpy()
-    exact = x.astype(np.float64) @ widened.T
-    assert_matches(quant_numba.matmul_bfloat16(x, quant.to_bfloat16(w)), exact.astype(np.float32))
+    assert_products_equal_float64(quant_numba.matmul_int8, quant_numba.matmul_bfloat16, x, w)
 
 
 def test_reference_tiles_cover_every_row(monkeypatch):
@@ -147,12 +153,7 @@ def test_dispatch_on_either_side_of_small_batch_equals_float64(monkeypatch, M):
     monkeypatch.setattr(quant, "TILE_ELEMENTS", 7 * 24)  # several tiles, the last one short
     rng = np.random.default_rng(M)
     x, w = normal(rng, (M, 24)), normal(rng, (30, 24))
-    q, scale = quant.quantize_int8(w)
-    exact = x.astype(np.float64) @ (q.astype(np.float64) * scale[:, None]).T
-    assert_matches(quant.matmul_int8(x, q, scale), exact.astype(np.float32))
-    widened = torch.from_numpy(w).to(torch.bfloat16).double().numpy()
-    exact = x.astype(np.float64) @ widened.T
-    assert_matches(quant.matmul_bfloat16(x, quant.to_bfloat16(w)), exact.astype(np.float32))
+    assert_products_equal_float64(quant.matmul_int8, quant.matmul_bfloat16, x, w)
 
 
 @pytest.mark.parametrize("ids_shape", [(1,), (3, 5), (0,)])
