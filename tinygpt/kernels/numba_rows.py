@@ -6,6 +6,11 @@ Threads: the kernels take turns with NumPy's BLAS threads on the same cores, so 
 run on the calling thread only (``_launch``) and OpenMP is asked to wait passively between
 kernels (``OMP_WAIT_POLICY`` below).
 
+Editing this file: Numba's on-disk cache (``cache=True``) checks only the modification time
+of the file a kernel is defined in, so the kernels of ``numba_cpu``, compiled with the old
+helpers, stay in use; delete ``tinygpt/kernels/__pycache__/*.nbi`` and ``*.nbc`` afterwards.
+(Installing a new version writes every file anew, so users do not meet this.)
+
 Accuracy: sums over a row accumulate in float64; only they may be reordered (see
 ``_SUM_FASTMATH``), every other operation keeps IEEE semantics (no other ``fastmath``).
 ``_exp`` is written out because Numba's ``np.exp`` calls the scalar C library one element at
