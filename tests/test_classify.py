@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import tinygpt
+from tinygpt import backend
 from tinygpt.cli import main
 from tinygpt.config import GPTConfig
 from tinygpt.finetune.alpaca import END_OF_TEXT_ID as PAD_TOKEN_ID
@@ -173,7 +174,10 @@ def test_save_and_load_round_trip(tmp_path, tokenizer, lora):
     config = json.loads((tmp_path / "clf" / "classifier.json").read_text())
     assert config["labels"] == ["ham", "spam"] and config["max_length"] == 20
     assert config["lora"] == ({"rank": 2, "alpha": 4.0} if lora else None)
+    tinygpt.manual_seed(9)
+    rng_state = backend.get_rng_state()
     loaded = load_classifier(tmp_path / "clf")
+    assert backend.get_rng_state() == rng_state  # built without random draws, then loaded
     assert loaded.max_length == 20 and loaded.labels == ("ham", "spam")
     assert np.array_equal(loaded(data.ids, data.lengths).numpy(), logits)
     assert classify(loaded, "free cash prize", tokenizer) == classify(model, "free cash prize",

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 
 from tinygpt import backend
-from tinygpt.nn.layers import Linear
+from tinygpt.nn.layers import Linear, init_skipped
 from tinygpt.nn.module import Module, Parameter
 from tinygpt.tensor import Tensor
 
@@ -41,8 +41,11 @@ class LoRALayer(Module):
         dtype = dtype or backend.default_dtype()
         self.rank, self.alpha = int(rank), float(alpha)
         bound = 1.0 / math.sqrt(self.rank)  # kaiming_uniform_(a=sqrt(5)) with fan_in = rank
-        uniform = backend.generator().random((in_dim, self.rank))
-        self.A = Parameter(((uniform * 2.0 - 1.0) * bound).astype(dtype))
+        if init_skipped():  # loaded right after (a saved LoRA classifier): no random draws
+            self.A = Parameter(backend.xp().empty((in_dim, self.rank), dtype=dtype))
+        else:
+            uniform = backend.generator().random((in_dim, self.rank))
+            self.A = Parameter(((uniform * 2.0 - 1.0) * bound).astype(dtype))
         self.B = Parameter(backend.xp().zeros((self.rank, out_dim), dtype=dtype))
 
     @property

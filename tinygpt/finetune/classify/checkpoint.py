@@ -14,6 +14,7 @@ from tinygpt.fileio import atomic_write, atomic_write_text
 from tinygpt.finetune.classify.model import Classifier, new_classifier
 from tinygpt.finetune.outputs import CLASSIFIER_FILE
 from tinygpt.nn.gpt import GPTModel
+from tinygpt.nn.layers import uninitialized
 from tinygpt.nn.lora import apply_lora
 
 WEIGHTS_NAME = "classifier.safetensors"
@@ -65,14 +66,15 @@ def load_classifier(directory) -> Classifier:
         tensors = load_file(str(weights_path))
     except (SafetensorError, OSError) as err:
         raise ValueError(f"{weights_path} is not a readable safetensors file: {err}") from None
-    try:
-        gpt = GPTModel(GPTConfig(**config["model_config"]))
-        classifier = new_classifier(gpt, config["labels"], config["max_length"],
-                                    config["pad_token_id"])
-    except (KeyError, TypeError) as err:
-        raise ValueError(f"{config_path}: missing or malformed field {err}") from None
-    if config.get("lora"):
-        apply_lora(classifier.model, config["lora"]["rank"], config["lora"]["alpha"])
+    with uninitialized():  # every weight is loaded below: no random draws (seconds for 124M)
+        try:
+            gpt = GPTModel(GPTConfig(**config["model_config"]))
+            classifier = new_classifier(gpt, config["labels"], config["max_length"],
+                                        config["pad_token_id"])
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{config_path}: missing or malformed field {err}") from None
+        if config.get("lora"):
+            apply_lora(classifier.model, config["lora"]["rank"], config["lora"]["alpha"])
     classifier.model.load_state_dict(tensors)
     classifier.model.eval()
     return classifier
