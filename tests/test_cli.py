@@ -296,6 +296,58 @@ def test_train_splits_a_batch_that_does_not_fit_into_micro_batches(text_file, tm
     assert not (tmp_path / "other").exists()  # refused before anything was written
 
 
+def test_memory_estimate_of_one_data_parallel_process():
+    """Each of N processes holds the whole model and the largest share of a micro-batch's
+    rows; ZeRO-1 saves 4P(2N - 3)/N bytes per process (the figure the README's data-parallel
+    section derives and measures: 2P at N = 2)."""
+    from tinygpt import memory
+    from tinygpt.config import GPTConfig
+
+    cfg = GPTConfig.preset("baby")
+    P = memory.parameter_count(cfg)
+    one = memory.estimate_step_memory(cfg, 4)
+    assert memory.estimate_step_memory(cfg, 4, ranks=2).activations == \
+        memory.estimate_step_memory(cfg, 2).activations
+    assert memory.estimate_step_memory(cfg, 5, ranks=2).activations == \
+        memory.estimate_step_memory(cfg, 3).activations  # rank 0 gets 3 of 5 rows
+    for n in (2, 4):
+        replicated = memory.estimate_step_memory(cfg, 4, ranks=n)
+        zero = memory.estimate_step_memory(cfg, 4, ranks=n, sharded=True)
+        assert replicated.weights_and_optimizer == one.weights_and_optimizer
+        assert replicated.weights_and_optimizer - zero.weights_and_optimizer == \
+            4 * P * (2 * n - 3) // n
+
+
+def test_micro_batches_are_planned_for_every_process_on_the_machine():
+    from tinygpt import memory
+    from tinygpt.config import GPTConfig
+
+    cfg = GPTConfig.preset("baby")
+    two_rows_each = memory.estimate_step_memory(cfg, 4, ranks=2).total
+    one_row_each = memory.estimate_step_memory(cfg, 2, ranks=2).total
+    # room for two processes of one row each, or one of two rows, not two of two rows
+    available = int((one_row_each + two_rows_each) / 0.8)
+    assert memory.plan_micro_batches(cfg, 4, 1, available, ranks=2, local_ranks=1)[:2] == (4, 1)
+    micro, accum, estimate = memory.plan_micro_batches(cfg, 4, 1, available, ranks=2)
+    assert (micro, accum) == (2, 2)  # 1 row per process, twice per step
+    assert 2 * estimate.total <= 0.8 * available
+    with pytest.raises(memory.DoesNotFit, match=r"each of 4 processes.*--nproc"):
+        memory.plan_micro_batches(cfg, 4, 1, available, ranks=4)  # 4 rows is the least
+
+
+@pytest.mark.parametrize("variables, expected", [
+    ({}, None), ({"MPI_LOCALNRANKS": "3"}, 3), ({"OMPI_COMM_WORLD_LOCAL_SIZE": "2"}, 2)])
+def test_processes_on_this_machine_from_the_launchers_variables(monkeypatch, variables,
+                                                                expected):
+    from tinygpt import distributed
+
+    for name in ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in variables.items():
+        monkeypatch.setenv(name, value)
+    assert distributed.local_size_from_environment() == expected
+
+
 def test_version_is_the_packages(capsys):
     import importlib.metadata
 

@@ -11,8 +11,10 @@ little above it, as a budget should be.
 
 ``plan_micro_batches`` keeps the global batch (``batch_size × grad_accum`` sequences per
 step) and splits it into smaller micro-batches, with more gradient accumulation, until the
-estimate fits in the memory available; if even one sequence at a time does not fit it says
-by how much, and which options make it fit.
+estimate fits in the memory available (times the processes that share the machine, under
+``--nproc`` or an MPI launcher: each holds the whole model and its rows of a micro-batch);
+if even one sequence at a time does not fit it says by how much, and which options make it
+fit.
 """
 
 from __future__ import annotations
@@ -48,14 +50,24 @@ class StepMemory:
 
 
 def estimate_step_memory(cfg: GPTConfig, micro_batch: int, context_length=None,
-                         bytes_per_value=4) -> StepMemory:
-    """The memory of a float32 AdamW step on micro-batches of ``micro_batch`` sequences of
-    ``context_length`` tokens (the config's by default)."""
+                         bytes_per_value=4, ranks=1, sharded=False) -> StepMemory:
+    """The memory of one process's float32 AdamW step on micro-batches of ``micro_batch``
+    sequences of ``context_length`` tokens (the config's by default).
+
+    With ``ranks`` data-parallel processes each one holds the whole model but only its rows
+    of every micro-batch (at most ceil(micro_batch / ranks) sequences). ``sharded`` (ZeRO-1)
+    keeps 1/ranks of AdamW's two moments, plus a buffer that receives 1/ranks of the summed
+    gradient: 8P + 12P/ranks bytes of state instead of 16P for P parameters."""
     T = context_length or cfg.context_length
     C, H, V, L = cfg.emb_dim, cfg.n_heads, cfg.vocab_size, cfg.n_layers
     per_sequence = L * (28 * T * C + 2 * H * T * T) + 3 * T * V
-    return StepMemory(weights_and_optimizer=16 * parameter_count(cfg),
-                      activations=bytes_per_value * micro_batch * per_sequence)
+    sequences = -(-micro_batch // ranks)  # the largest share of the micro-batch's rows
+    P = parameter_count(cfg)
+    weights_and_gradients, moments = 8 * P, 8 * P
+    if sharded and ranks > 1:
+        moments = (moments + 4 * P) // ranks  # a slice of the moments + the receive buffer
+    return StepMemory(weights_and_optimizer=weights_and_gradients + moments,
+                      activations=bytes_per_value * sequences * per_sequence)
 
 
 def available_memory() -> int | None:
@@ -79,22 +91,32 @@ class DoesNotFit(ValueError):
 
 
 def plan_micro_batches(cfg: GPTConfig, batch_size: int, grad_accum: int,
-                       available: int | None, headroom=0.8) -> tuple[int, int, StepMemory]:
-    """(micro-batch size, gradient-accumulation steps, estimate) that keep the global batch
-    ``batch_size * grad_accum`` and fit in ``headroom`` of ``available`` bytes: the largest
-    divisor of ``batch_size`` that fits. Raises DoesNotFit, naming the options that help."""
+                       available: int | None, headroom=0.8, ranks=1, local_ranks=None,
+                       sharded=False) -> tuple[int, int, StepMemory]:
+    """(micro-batch size, gradient-accumulation steps, one process's estimate) that keep the
+    global batch ``batch_size * grad_accum`` and fit in ``headroom`` of ``available`` bytes:
+    the largest divisor of ``batch_size`` that fits, and still gives each of ``ranks``
+    processes a row. ``local_ranks`` of them (all, by default) share this machine's memory.
+    Raises DoesNotFit, naming the options that help."""
+    local_ranks = local_ranks or ranks
+
+    def estimate(micro):
+        return estimate_step_memory(cfg, micro, ranks=ranks, sharded=sharded)
+
     if available is None:
-        return batch_size, grad_accum, estimate_step_memory(cfg, batch_size)
+        return batch_size, grad_accum, estimate(batch_size)
     budget = headroom * available
-    for micro in sorted((d for d in range(1, batch_size + 1) if batch_size % d == 0),
-                        reverse=True):
-        estimate = estimate_step_memory(cfg, micro)
-        if estimate.total <= budget:
-            return micro, grad_accum * (batch_size // micro), estimate
-    smallest = estimate_step_memory(cfg, 1)
+    smallest_micro = min(ranks, batch_size)
+    for micro in sorted((d for d in range(smallest_micro, batch_size + 1)
+                         if batch_size % d == 0), reverse=True):
+        if local_ranks * estimate(micro).total <= budget:
+            return micro, grad_accum * (batch_size // micro), estimate(micro)
+    smallest = estimate(smallest_micro)
+    processes = f" in each of {local_ranks} processes" if local_ranks > 1 else ""
+    fewer = ", fewer processes (--nproc)" if local_ranks > 1 else ""
     raise DoesNotFit(
-        f"a training step needs about {smallest.total / GiB:.1f} GiB even one sequence at a "
-        f"time ({smallest.weights_and_optimizer / GiB:.1f} GiB of weights, gradients and "
-        f"AdamW moments, {smallest.activations / GiB:.1f} GiB of activations), but only "
-        f"{available / GiB:.1f} GiB is available; use a smaller model (--config), a shorter "
-        "--context-length, or a machine with more memory")
+        f"a training step needs about {smallest.total / GiB:.1f} GiB{processes} even one "
+        f"sequence at a time ({smallest.weights_and_optimizer / GiB:.1f} GiB of weights, "
+        f"gradients and AdamW moments, {smallest.activations / GiB:.1f} GiB of activations), "
+        f"but only {available / GiB:.1f} GiB is available; use a smaller model (--config), a "
+        f"shorter --context-length{fewer}, or a machine with more memory")

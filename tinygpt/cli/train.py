@@ -57,7 +57,7 @@ def _train(args, parallel):
     model_cfg = GPTConfig.preset(args.config, **overrides)
     # one plan for all ranks (each would see a different amount of free memory)
     micro_batch, grad_accum = parallel.comm.broadcast(
-        _fit_in_memory(model_cfg, args) if parallel.is_main else None)
+        _fit_in_memory(model_cfg, args, parallel.comm.size) if parallel.is_main else None)
     split = int(len(tokens) * (1 - args.val_fraction))
     batches = RandomWindows(tokens[:split], tokens[split:], micro_batch,
                             model_cfg.context_length, seed=args.seed)
@@ -90,18 +90,25 @@ def _train(args, parallel):
               f"val loss {history.val_loss[-1]:.4f}")
 
 
-def _fit_in_memory(model_cfg, args) -> tuple[int, int]:
+def _fit_in_memory(model_cfg, args, ranks=1) -> tuple[int, int]:
     """(micro-batch, gradient accumulation) whose step fits in the memory available, keeping
-    the global batch of --batch-size x --grad-accum sequences; says what it estimates."""
+    the global batch of --batch-size x --grad-accum sequences; says what it estimates. With
+    ``ranks`` processes, those the launcher put on this machine (all, if it does not say)
+    share its memory, each with the whole model and its rows of a micro-batch."""
+    from tinygpt import distributed
     from tinygpt.memory import GiB, available_memory, plan_micro_batches
 
     available = available_memory()
-    micro, accum, estimate = plan_micro_batches(model_cfg, args.batch_size, args.grad_accum,
-                                                available)
+    local = min(ranks, distributed.local_size_from_environment() or ranks)
+    micro, accum, estimate = plan_micro_batches(
+        model_cfg, args.batch_size, args.grad_accum, available, ranks=ranks,
+        local_ranks=local, sharded=args.zero)
     where = f" of {available / GiB:.1f} GiB available" if available else ""
-    print(f"memory: about {estimate.total / GiB:.2f} GiB per step{where} "
+    rows = f"its rows of {micro} sequences" if ranks > 1 else f"{micro} sequences"
+    per_process = f" in each of {local} processes here" if local > 1 else ""
+    print(f"memory: about {estimate.total / GiB:.2f} GiB per step{per_process}{where} "
           f"({estimate.weights_and_optimizer / GiB:.2f} GiB weights, gradients and AdamW "
-          f"moments; {estimate.activations / GiB:.2f} GiB activations of {micro} sequences)")
+          f"moments; {estimate.activations / GiB:.2f} GiB activations of {rows})")
     if micro < args.batch_size:
         print(f"memory: each batch of {args.batch_size} sequences is split into micro-batches "
               f"of {micro} (gradient accumulation {accum}, the same global batch) to fit")

@@ -21,6 +21,7 @@ from tinygpt.distributed.launcher import (
     check_mpi_installed,
     init,
     launch,
+    local_size_from_environment,
     mpiexec_command,
     world_size_from_environment,
 )
@@ -29,6 +30,7 @@ from tinygpt.distributed.zero import ZeroAdamW
 
 __all__ = [
     "MPICommunicator", "SingleProcess", "shard_bounds", "MPI_INSTALL_HINT", "abort_on_error",
-    "check_mpi_installed", "init", "launch", "mpiexec_command", "world_size_from_environment",
+    "check_mpi_installed", "init", "launch", "local_size_from_environment", "mpiexec_command",
+    "world_size_from_environment",
     "DataParallel", "ZeroAdamW",
 ]

@@ -36,6 +36,7 @@ MPI_INSTALL_HINT = ('training on several processes needs MPI: install it with '
 # Set by MPI launchers in every rank they start: MPICH / Intel MPI / Slurm's srun (PMI) and
 # Open MPI. Their presence is how a process knows it is one rank of several.
 _WORLD_SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
+_LOCAL_SIZE_VARIABLES = ("MPI_LOCALNRANKS", "OMPI_COMM_WORLD_LOCAL_SIZE")
 
 # The thread pools of BLAS (OpenBLAS, MKL, OpenMP) and Numba, capped in each started rank.
 _THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
@@ -48,6 +49,15 @@ def world_size_from_environment() -> int:
         if os.environ.get(name, "").isdigit():
             return int(os.environ[name])
     return 1
+
+
+def local_size_from_environment() -> int | None:
+    """How many ranks the MPI launcher started on this machine (MPICH's and Open MPI's
+    variables), or None when it does not say."""
+    for name in _LOCAL_SIZE_VARIABLES:
+        if os.environ.get(name, "").isdigit():
+            return int(os.environ[name])
+    return None
 
 
 def find_mpiexec() -> str | None:
