@@ -235,3 +235,34 @@ def test_a_table_used_by_two_lookups_and_two_products_gets_every_gradient():
              torch.nn.functional.linear, torch.from_numpy).backward()
     assert np.shares_memory(table.weight.grad, optimizer.buffer.grad)
     np.testing.assert_allclose(table.weight.grad, twin.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+class FailingBackward(tinygpt.Function):
+    """Identity forward; its backward raises (as Ctrl-C in the middle of a backward would)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.copy()
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise KeyboardInterrupt("stopped in the middle of backward")
+
+
+def test_a_backward_that_failed_half_way_leaves_no_lent_slot_behind():
+    """The failed pass had lent the table's slot to its product; the next pass must still
+    sum the product's and the lookup's gradients (torch gives the reference)."""
+    backend.set_default_dtype("float64")
+    rng = np.random.default_rng(4)
+    table = tinygpt.nn.Embedding(6, 3)
+    SGD(table.parameters())
+    ids = rng.integers(0, 6, size=5)
+    with pytest.raises(KeyboardInterrupt):
+        F.linear(FailingBackward.apply(F.embedding(ids, table.weight)), table.weight).sum() \
+            .backward()
+    table.weight.grad = None
+    (F.linear(F.embedding(ids, table.weight), table.weight) ** 2).sum().backward()
+    twin = torch.tensor(table.weight.data, requires_grad=True)
+    (torch.nn.functional.linear(torch.nn.functional.embedding(torch.from_numpy(ids), twin),
+                                twin) ** 2).sum().backward()
+    np.testing.assert_allclose(table.weight.grad, twin.grad.numpy(), rtol=1e-12, atol=1e-12)

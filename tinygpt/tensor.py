@@ -302,6 +302,9 @@ class Tensor:
 
         grads = {id(self): gradient}
         order = self._topological_order()
+        for node in order:  # a pass that stopped half-way (an error, Ctrl-C) may have left a
+            if getattr(node, "_slot_lent", False):  # gradient slot marked as lent: not now
+                node._slot_lent = False
         while order:
             node = order.pop()  # popped, so a processed node can be freed (see below)
             g = grads.pop(id(node), None)
