@@ -270,6 +270,42 @@ def test_finetune_classifier_command_end_to_end(tmp_path, capsys):
     assert capsys.readouterr().out == "ham\tsee you at lunch 3\nspam\turgent winner reward now\n"
 
 
+def test_interrupted_finetune_classifier_saves_the_classifier_trained_so_far(
+        tmp_path, monkeypatch, capsys):
+    """Ctrl-C (SIGINT, sent by the process to itself after the second step) finishes that
+    step, saves the classifier and exits with 130, as the other training commands do."""
+    import os
+    import signal
+
+    from tinygpt.finetune.classify import training
+    from tinygpt.weights import save_pretrained
+
+    tinygpt.manual_seed(0)
+    base = GPTModel(TINY.replace(emb_dim=32, n_layers=2))
+    save_pretrained(base, tmp_path / "gpt")
+    rows = [("spam" if label else "ham", text) for label, text in separable_examples(40, 4)]
+    data = write_tsv(tmp_path / "sms.tsv", rows)
+    step = training._train_step
+
+    def step_then_interrupt(*args):
+        step(*args)
+        if args[-1] == 1:  # the second step (counted from 0)
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(training, "_train_step", step_then_interrupt)
+    out = tmp_path / "out"
+    assert main(["finetune-classifier", "--data", str(data), "--model", str(tmp_path / "gpt"),
+                 "--out", str(out), "--epochs", "3", "--batch-size", "4", "--lr", "1e-2",
+                 "--trainable", "all", "--eval-every", "50", "--eval-iters", "1"]) == 130
+    printed = capsys.readouterr()
+    assert "interrupted by SIGINT at epoch 1, step 2" in printed.err
+    assert f"the classifier trained so far is saved in {out}" in printed.err
+    assert "Test accuracy" not in printed.out  # nothing after training ran
+    name = "trf_blocks.0.att.W_query.weight"
+    saved = load_classifier(out).model.state_dict()[name]
+    assert not np.array_equal(saved, base.state_dict()[name])  # two steps were taken
+
+
 def test_classify_names_a_directory_without_a_classifier(tmp_path, capsys):
     assert main(["classify", "--model", str(tmp_path), "hello"]) == 1
     assert "holds no saved classifier: classifier.json is missing" in capsys.readouterr().err

@@ -25,6 +25,7 @@ from tinygpt.nn.lora import apply_lora, lora_parameter_report
 from tinygpt.optim import AdamW, param_groups_for_weight_decay
 from tinygpt.plots import plot_classifier_history
 from tinygpt.rundir import locked
+from tinygpt.train import TrainingInterrupted
 
 PLOT_NAME = "accuracy-loss.png"
 
@@ -120,9 +121,17 @@ def finetune_classifier(gpt: GPTModel, train_examples, val_examples, test_exampl
     train_eval_loader = make_loader(train_set, cfg.batch_size)
     val_loader = make_loader(val_set, cfg.batch_size)
     test_loader = make_loader(test_set, cfg.batch_size)
-    history = train_classifier_simple(classifier, train_loader, val_loader, optimizer,
-                                      cfg.epochs, cfg.eval_every, cfg.eval_iters,
-                                      train_eval_loader=train_eval_loader, log=log)
+    try:
+        history = train_classifier_simple(classifier, train_loader, val_loader, optimizer,
+                                          cfg.epochs, cfg.eval_every, cfg.eval_iters,
+                                          train_eval_loader=train_eval_loader, log=log)
+    except TrainingInterrupted as interrupt:  # keep what was trained, then stop
+        if out_dir is not None:
+            save_classifier(classifier, out_dir)
+            interrupt.args = (f"{interrupt}: the classifier trained so far is saved in "
+                              f"{out_dir} (finetune-classifier does not resume; start again "
+                              "with a new --out)",)
+        raise
     results = {
         "train_accuracy": calc_accuracy_loader(classifier, train_eval_loader),
         "val_accuracy": calc_accuracy_loader(classifier, val_loader),

@@ -4,6 +4,7 @@ accuracies it measures."""
 from __future__ import annotations
 
 import math
+import signal
 from dataclasses import dataclass, field
 
 import numpy
@@ -13,6 +14,7 @@ from tinygpt import functional as F
 from tinygpt.finetune.classify.model import Classifier
 from tinygpt.nn import evaluating
 from tinygpt.tensor import Tensor, no_grad
+from tinygpt.train import StopOnSignal, TrainingInterrupted
 
 
 def calc_loss_batch(classifier: Classifier, ids, lengths, labels) -> Tensor:
@@ -70,38 +72,51 @@ def train_classifier_simple(classifier, train_loader, val_loader, optimizer, num
     of training and validation data is recorded; after each epoch, the accuracy over
     ``eval_iters`` batches of each. Training-set figures come from ``train_eval_loader`` when
     given (a fixed, unshuffled loader, so the numbers compare from one evaluation to the
-    next), else from ``train_loader`` as in the book.
+    next), else from ``train_loader`` as in the book. On SIGINT or SIGTERM the step in
+    progress finishes and ``TrainingInterrupted`` (with the history so far) is raised; the
+    caller saves what was trained.
     """
     history = ClassifierHistory(num_epochs=num_epochs)
     train_eval_loader = train_eval_loader if train_eval_loader is not None else train_loader
     examples_seen, global_step = 0, -1
     classifier.model.train()
-    for epoch in range(num_epochs):
-        for ids, lengths, labels in train_loader:
-            optimizer.zero_grad()
-            loss = calc_loss_batch(classifier, ids, lengths, labels)
-            if not math.isfinite(loss.item()):
-                raise RuntimeError(f"the loss became {loss.item()} at epoch {epoch + 1}, step "
-                                   f"{global_step + 2}; try a lower learning rate")
-            loss.backward()
-            optimizer.step()
-            examples_seen += len(labels)
-            global_step += 1
-            if global_step % eval_every == 0:
-                train_loss = calc_loss_loader(classifier, train_eval_loader, eval_iters)
-                val_loss = calc_loss_loader(classifier, val_loader, eval_iters)
-                history.steps.append(global_step)
-                history.examples_seen.append(examples_seen)
-                history.train_losses.append(train_loss)
-                history.val_losses.append(val_loss)
-                log(f"Ep {epoch + 1} (Step {global_step:06d}): "
-                    f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
-        train_acc = calc_accuracy_loader(classifier, train_eval_loader, eval_iters)
-        val_acc = calc_accuracy_loader(classifier, val_loader, eval_iters)
-        history.train_accs.append(train_acc)
-        history.val_accs.append(val_acc)
-        log(f"Training accuracy: {train_acc * 100:.2f}% | "
-            f"Validation accuracy: {val_acc * 100:.2f}%")
+    with StopOnSignal() as stop:
+        for epoch in range(num_epochs):
+            for ids, lengths, labels in train_loader:
+                _train_step(classifier, optimizer, ids, lengths, labels, epoch, global_step + 1)
+                examples_seen += len(labels)
+                global_step += 1
+                if global_step % eval_every == 0:
+                    train_loss = calc_loss_loader(classifier, train_eval_loader, eval_iters)
+                    val_loss = calc_loss_loader(classifier, val_loader, eval_iters)
+                    history.steps.append(global_step)
+                    history.examples_seen.append(examples_seen)
+                    history.train_losses.append(train_loss)
+                    history.val_losses.append(val_loss)
+                    log(f"Ep {epoch + 1} (Step {global_step:06d}): "
+                        f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
+                if stop.signum is not None:  # Ctrl-C or SIGTERM: stop after this step
+                    history.total_examples = examples_seen
+                    raise TrainingInterrupted(
+                        f"interrupted by {signal.Signals(stop.signum).name} at epoch "
+                        f"{epoch + 1}, step {global_step + 1}", stop.signum, history)
+            train_acc = calc_accuracy_loader(classifier, train_eval_loader, eval_iters)
+            val_acc = calc_accuracy_loader(classifier, val_loader, eval_iters)
+            history.train_accs.append(train_acc)
+            history.val_accs.append(val_acc)
+            log(f"Training accuracy: {train_acc * 100:.2f}% | "
+                f"Validation accuracy: {val_acc * 100:.2f}%")
     optimizer.zero_grad()
     history.total_examples = examples_seen
     return history
+
+
+def _train_step(classifier, optimizer, ids, lengths, labels, epoch, step):
+    """One AdamW step on one batch (``step`` counts from 0, for the error message)."""
+    optimizer.zero_grad()
+    loss = calc_loss_batch(classifier, ids, lengths, labels)
+    if not math.isfinite(loss.item()):
+        raise RuntimeError(f"the loss became {loss.item()} at epoch {epoch + 1}, step "
+                           f"{step + 1}; try a lower learning rate")
+    loss.backward()
+    optimizer.step()
