@@ -149,6 +149,11 @@ class TrainingInterrupted(KeyboardInterrupt):
         super().__init__(message)
         self.exit_status, self.history = 128 + signum, history
 
+    @classmethod
+    def by(cls, signum, where: str, history) -> TrainingInterrupted:
+        """"interrupted by SIGINT at ``where``" (the signal's name), for every training loop."""
+        return cls(f"interrupted by {signal.Signals(signum).name} at {where}", signum, history)
+
 
 class StopOnSignal:
     """Turns SIGINT and SIGTERM into a request to stop after the current step (and save);
@@ -247,8 +252,7 @@ def _loop(model, optimizer, batches, cfg, history, start, checkpoint, tokenizer,
 def _interrupted(signum, done, checkpoint, history) -> TrainingInterrupted:
     saved = (f"saved step {done} to {checkpoint}; run the same command again to resume"
              if checkpoint is not None else "nothing was saved")
-    name = signal.Signals(signum).name
-    return TrainingInterrupted(f"interrupted by {name} at step {done}: {saved}", signum, history)
+    return TrainingInterrupted.by(signum, f"step {done}: {saved}", history)
 
 
 def _save(checkpoint, model, optimizer, done, history, cfg, parallel):

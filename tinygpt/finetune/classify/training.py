@@ -4,7 +4,6 @@ accuracies it measures."""
 from __future__ import annotations
 
 import math
-import signal
 from dataclasses import dataclass, field
 
 import numpy
@@ -97,9 +96,8 @@ def train_classifier_simple(classifier, train_loader, val_loader, optimizer, num
                         f"Train loss {train_loss:.3f}, Val loss {val_loss:.3f}")
                 if stop.signum is not None:  # Ctrl-C or SIGTERM: stop after this step
                     history.total_examples = examples_seen
-                    raise TrainingInterrupted(
-                        f"interrupted by {signal.Signals(stop.signum).name} at epoch "
-                        f"{epoch + 1}, step {global_step + 1}", stop.signum, history)
+                    raise TrainingInterrupted.by(
+                        stop.signum, f"epoch {epoch + 1}, step {global_step + 1}", history)
             train_acc = calc_accuracy_loader(classifier, train_eval_loader, eval_iters)
             val_acc = calc_accuracy_loader(classifier, val_loader, eval_iters)
             history.train_accs.append(train_acc)

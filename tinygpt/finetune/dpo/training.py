@@ -4,7 +4,6 @@ of preference batches, evaluation of loss, reward margin and reward accuracy."""
 from __future__ import annotations
 
 import functools
-import signal
 from dataclasses import dataclass, field
 
 import numpy
@@ -142,9 +141,7 @@ def train_dpo(policy, reference, train_items, val_items, cfg: DPOConfig | None =
             bar.set_postfix(loss=f"{value:.3f}")
             if stop.signum is not None and done < total:
                 bar.close()
-                name = signal.Signals(stop.signum).name
-                raise TrainingInterrupted(f"interrupted by {name} at step {done} of {total}",
-                                          stop.signum, history)
+                raise TrainingInterrupted.by(stop.signum, f"step {done} of {total}", history)
     bar.close()
     return history
 
