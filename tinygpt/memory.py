@@ -109,8 +109,9 @@ def plan_micro_batches(cfg: GPTConfig, batch_size: int, grad_accum: int,
     smallest_micro = min(ranks, batch_size)
     for micro in sorted((d for d in range(smallest_micro, batch_size + 1)
                          if batch_size % d == 0), reverse=True):
-        if local_ranks * estimate(micro).total <= budget:
-            return micro, grad_accum * (batch_size // micro), estimate(micro)
+        step = estimate(micro)
+        if local_ranks * step.total <= budget:
+            return micro, grad_accum * (batch_size // micro), step
     smallest = estimate(smallest_micro)
     processes = f" in each of {local_ranks} processes" if local_ranks > 1 else ""
     fewer = ", fewer processes (--nproc)" if local_ranks > 1 else ""
